@@ -1,0 +1,327 @@
+/*
+ * Pipeline workers (see pipeline.h for the DESIGN notes).
+ */
+#include "pipeline.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "dicom.h"
+#include "xr-log.h"
+#include "xr-migrations.h"
+#include "xr-utf8.h"
+
+struct pipeline {
+    spool *sp;
+    char *conninfo;
+    _Atomic int64_t retry_initial_ms;
+    _Atomic int64_t retry_max_ms;
+    pthread_mutex_t migrate_lock;
+    bool migrated;
+    unsigned n_workers;
+    struct worker *workers;
+};
+
+typedef struct worker {
+    pipeline *pl;
+    unsigned index;
+    pthread_t thread;
+    bool started;
+    registry *reg;
+} worker;
+
+xr_code pipeline_migrate(registry *reg, unsigned *ret_applied, xr_error *err)
+{
+    return registry_migrate(reg, xr_migrations, xr_n_migrations, ret_applied, err);
+}
+
+void pipeline_set_retry(pipeline *pl, int64_t initial_ms, int64_t max_ms)
+{
+    atomic_store(&pl->retry_initial_ms, initial_ms);
+    atomic_store(&pl->retry_max_ms, max_ms);
+}
+
+static xr_code worker_connect(worker *w, xr_error *err)
+{
+    pipeline *pl = w->pl;
+    if (!w->reg) {
+        char app[64];
+        snprintf(app, sizeof(app), "xregd worker %u", w->index);
+        xr_code rc = registry_open(pl->conninfo, app, &w->reg, err);
+        if (rc)
+            return rc;
+    } else {
+        xr_code rc = registry_ensure_connected(w->reg, err);
+        if (rc)
+            return rc;
+    }
+    pthread_mutex_lock(&pl->migrate_lock);
+    xr_code rc = XR_OK;
+    if (!pl->migrated) {
+        unsigned applied = 0;
+        rc = pipeline_migrate(w->reg, &applied, err);
+        if (rc == XR_OK) {
+            pl->migrated = true;
+            xr_log_write(XR_LOG_INFO, "registry schema up to date (%u migrations applied now)",
+                         applied);
+        }
+    }
+    pthread_mutex_unlock(&pl->migrate_lock);
+    return rc;
+}
+
+static void actor_of(const spool_meta *m, char *buf, size_t n)
+{
+    snprintf(buf, n, "dicom:%s@%s", m->calling_ae, m->peer_host);
+}
+
+static xr_code process_rejection(worker *w, const spool_item *item, xr_error *err)
+{
+    spool *sp = w->pl->sp;
+    spool_meta meta;
+    uint16_t status = 0;
+    char reason[1024], path[PATH_MAX], actor[128];
+    xr_code rc = spool_meta_read(sp, item, &meta, &status, reason, sizeof(reason), err);
+    if (rc) {
+        /* The reason file itself is unreadable: record what we know. */
+        xr_log_write(XR_LOG_WARNING, "[%s] %s, recording the rejection without it", item->id,
+                     err->msg);
+        meta = (spool_meta){0};
+        snprintf(reason, sizeof(reason), "rejection record unreadable");
+    }
+    actor_of(&meta, actor, sizeof(actor));
+    registry_rejection rej = {
+        .spool_id = item->id,
+        .received_at_us = meta.received_at_us,
+        .calling_ae = meta.calling_ae,
+        .called_ae = meta.called_ae,
+        .peer_host = meta.peer_host,
+        .sop_class_uid = meta.sop_class_uid,
+        .sop_instance_uid = meta.sop_instance_uid,
+        .dimse_status = status,
+        .reason = reason,
+        .path = spool_item_path(sp, item, path, sizeof(path)),
+    };
+    rc = registry_rejection_record(w->reg, &rej, actor, err);
+    if (rc == XR_OK)
+        xr_log_write(XR_LOG_INFO, "[%s] rejection recorded", item->id);
+    return rc;
+}
+
+/* The database takes UTF-8 only: text dicom/ could not convert must not make the object
+ * unregistrable. Returns how many bytes were replaced. */
+static size_t header_sanitize(dicom_header *h)
+{
+    char *fields[] = {
+        h->patient_id,        h->issuer_of_patient_id, h->patient_name,
+        h->patient_sex,       h->study_time,           h->accession_number,
+        h->study_description, h->series_description,   h->modality,
+        h->body_part_examined, h->view_position,       h->laterality,
+        h->manufacturer,      h->institution_name,     h->photometric_interpretation,
+        h->patient_birth_date, h->study_date,
+    };
+    size_t n = 0;
+    for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++)
+        n += xr_utf8_sanitize(fields[i]);
+    return n;
+}
+
+static xr_code process_instance(worker *w, const spool_item *item, xr_error *err)
+{
+    spool *sp = w->pl->sp;
+    char path[PATH_MAX], actor[128], reason[XR_ERROR_MSG_BYTES + 64];
+    spool_meta meta;
+    spool_item_path(sp, item, path, sizeof(path));
+
+    xr_code rc = spool_meta_read(sp, item, &meta, NULL, NULL, 0, err);
+    if (rc) {
+        /* The object is what matters; the reception record only adds who sent it and when. */
+        xr_log_write(XR_LOG_WARNING, "[%s] %s; registering without the reception record",
+                     item->id, err->msg);
+        meta = (spool_meta){0};
+        struct stat st;
+        if (stat(path, &st) == 0)
+            meta.received_at_us = (int64_t)st.st_mtim.tv_sec * 1000000 +
+                                  st.st_mtim.tv_nsec / 1000;
+        xr_error_clear(err);
+    }
+
+    dicom_header h;
+    rc = dicom_header_read(path, &h, err);
+    if (rc == XR_E_IO && err->sys_errno == ENOENT) {
+        xr_log_write(XR_LOG_WARNING, "[%s] spooled object vanished (%s), ignoring", item->id,
+                     err->msg);
+        spool_done(sp, item);
+        return XR_OK;
+    }
+    if (rc) {
+        snprintf(reason, sizeof(reason), "stored object no longer parses: %s", err->msg);
+        xr_log_write(XR_LOG_ERR, "[%s] %s; moved to rejected/", item->id, reason);
+        spool_fail(sp, item, &meta, reason);
+        return XR_OK;
+    }
+    if (!h.sop_instance_uid[0] || !h.study_instance_uid[0] || !h.series_instance_uid[0] ||
+        !h.sop_class_uid[0]) {
+        snprintf(reason, sizeof(reason),
+                 "stored object lacks SOP Class, SOP Instance, Study or Series Instance UID");
+        xr_log_write(XR_LOG_ERR, "[%s] %s; moved to rejected/", item->id, reason);
+        spool_fail(sp, item, &meta, reason);
+        return XR_OK;
+    }
+    size_t n_bad = header_sanitize(&h);
+    if (n_bad)
+        xr_log_write(XR_LOG_NOTICE, "[%s] %zu bytes of text were not valid UTF-8 and were "
+                     "replaced with '?'", item->id, n_bad);
+    registry_instance inst = {
+        .sop_instance_uid = h.sop_instance_uid,
+        .sop_class_uid = h.sop_class_uid,
+        .series_instance_uid = h.series_instance_uid,
+        .study_instance_uid = h.study_instance_uid,
+        .transfer_syntax_uid = h.transfer_syntax_uid[0] ? h.transfer_syntax_uid
+                                                        : meta.transfer_syntax_uid,
+        .patient_id = h.patient_id,
+        .issuer_of_patient_id = h.issuer_of_patient_id,
+        .patient_name = h.patient_name,
+        .patient_birth_date = h.patient_birth_date,
+        .patient_sex = h.patient_sex,
+        .study_date = h.study_date,
+        .study_time = h.study_time,
+        .accession_number = h.accession_number,
+        .study_description = h.study_description,
+        .series_description = h.series_description,
+        .modality = h.modality,
+        .body_part_examined = h.body_part_examined,
+        .view_position = h.view_position,
+        .laterality = h.laterality,
+        .manufacturer = h.manufacturer,
+        .institution_name = h.institution_name,
+        .photometric_interpretation = h.photometric_interpretation,
+        .series_number = h.series_number,
+        .instance_number = h.instance_number,
+        .rows = h.rows,
+        .columns = h.columns,
+        .number_of_frames = h.number_of_frames,
+        .bits_allocated = h.bits_allocated,
+        .bits_stored = h.bits_stored,
+        .samples_per_pixel = h.samples_per_pixel,
+        .n_bytes = item->n_bytes,
+        .received_at_us = meta.received_at_us,
+        .calling_ae = meta.calling_ae,
+        .called_ae = meta.called_ae,
+        .peer_host = meta.peer_host,
+        .spool_id = item->id,
+    };
+    actor_of(&meta, actor, sizeof(actor));
+    bool inserted = false;
+    rc = registry_instance_upsert(w->reg, &inst, actor, &inserted, err);
+    if (rc == XR_OK) {
+        spool_done(sp, item);
+        xr_log_write(XR_LOG_INFO, "[%s] registered %s (%s)", item->id, h.sop_instance_uid,
+                     inserted ? "new" : "already known");
+        return XR_OK;
+    }
+    if (rc == XR_E_INPUT) {
+        /* The database refuses this object's data for good: keep it aside, go on. */
+        snprintf(reason, sizeof(reason), "registry refused the object: %s", err->msg);
+        xr_log_write(XR_LOG_ERR, "[%s] %s; moved to rejected/", item->id, reason);
+        spool_fail(sp, item, &meta, reason);
+        return XR_OK;
+    }
+    return rc;
+}
+
+static void *worker_main(void *arg)
+{
+    worker *w = arg;
+    pipeline *pl = w->pl;
+    char name[16];
+    snprintf(name, sizeof(name), "xreg-worker-%u", w->index);
+    pthread_setname_np(pthread_self(), name);
+
+    spool_item item;
+    int64_t backoff_ms = 0;
+    while (spool_next(pl->sp, &item)) {
+        for (;;) {
+            xr_error err = XR_ERROR_INIT;
+            xr_code rc = worker_connect(w, &err);
+            if (rc == XR_OK)
+                rc = item.kind == SPOOL_KIND_REJECTED ? process_rejection(w, &item, &err)
+                                                      : process_instance(w, &item, &err);
+            if (rc == XR_OK) {
+                if (backoff_ms)
+                    xr_log_write(XR_LOG_NOTICE, "worker %u: registry reachable again", w->index);
+                backoff_ms = 0;
+                break;
+            }
+            int64_t initial = atomic_load(&pl->retry_initial_ms);
+            int64_t max = atomic_load(&pl->retry_max_ms);
+            backoff_ms = backoff_ms ? backoff_ms * 2 : initial;
+            if (backoff_ms > max)
+                backoff_ms = max;
+            /* Anything but a transient error here is a schema or server problem, not the
+             * object's fault: keep the object and retry rather than lose it. */
+            xr_log_write(rc == XR_E_TRANSIENT ? XR_LOG_WARNING : XR_LOG_ERR,
+                         "[%s] worker %u: %s%s%s%s, retrying in %" PRId64 " ms", item.id,
+                         w->index, err.msg, err.sqlstate[0] ? " (SQLSTATE " : "",
+                         err.sqlstate, err.sqlstate[0] ? ")" : "", backoff_ms);
+            if (!spool_sleep(pl->sp, backoff_ms))
+                goto out; /* shutting down: the object stays in the spool */
+        }
+    }
+out:
+    w->reg = registry_close(w->reg);
+    return NULL;
+}
+
+xr_code pipeline_start(const pipeline_params *params, pipeline **ret_pl, xr_error *err)
+{
+    pipeline *pl = calloc(1, sizeof(*pl));
+    if (!pl)
+        return xr_error_set(err, XR_E_NOMEM, "out of memory");
+    pl->sp = params->sp;
+    pl->migrated = params->migrated;
+    pthread_mutex_init(&pl->migrate_lock, NULL);
+    pipeline_set_retry(pl, params->retry_initial_ms, params->retry_max_ms);
+    pl->conninfo = strdup(params->conninfo);
+    pl->workers = calloc(params->n_workers, sizeof(*pl->workers));
+    if (!pl->conninfo || !pl->workers) {
+        pipeline_stop(pl);
+        return xr_error_set(err, XR_E_NOMEM, "out of memory");
+    }
+    pl->n_workers = params->n_workers;
+    for (unsigned i = 0; i < pl->n_workers; i++) {
+        worker *w = &pl->workers[i];
+        w->pl = pl;
+        w->index = i + 1;
+        int e = pthread_create(&w->thread, NULL, worker_main, w);
+        if (e) {
+            spool_shutdown(pl->sp);
+            pipeline_stop(pl);
+            return xr_error_errno(err, e, "could not start worker thread %u", i + 1);
+        }
+        w->started = true;
+    }
+    *ret_pl = pl;
+    return XR_OK;
+}
+
+pipeline *pipeline_stop(pipeline *pl)
+{
+    if (!pl)
+        return NULL;
+    for (unsigned i = 0; i < pl->n_workers; i++)
+        if (pl->workers[i].started)
+            pthread_join(pl->workers[i].thread, NULL);
+    pthread_mutex_destroy(&pl->migrate_lock);
+    free(pl->workers);
+    free(pl->conninfo);
+    free(pl);
+    return NULL;
+}

@@ -1,0 +1,45 @@
+/*
+ * The pipeline: worker threads that take spooled objects, parse them, and register them in
+ * PostgreSQL; the spool file is removed only after COMMIT.
+ *
+ * DESIGN
+ * - Threads "xreg-worker-N", N = pipeline.workers; each owns one registry connection.
+ * - Order: FIFO from the spool queue; with several workers, objects complete out of order.
+ * - Guarantees: at-least-once (a crash between COMMIT and unlink re-registers the object, which
+ *   the registry's idempotent upsert turns into a no-op). A transient database error keeps the
+ *   object and retries it with capped exponential backoff; the worker holds that object while it
+ *   waits, so the spool keeps accepting. A data error the database refuses for good, or an object
+ *   that no longer parses, is moved to rejected/ and the rejection recorded.
+ * - Migrations run once per process before the first registration (under the registry's
+ *   advisory lock, so several xregd instances may start together).
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "registry.h"
+#include "spool.h"
+#include "xr-error.h"
+
+typedef struct pipeline pipeline;
+
+typedef struct pipeline_params {
+    spool *sp;            /* borrowed; outlives the pipeline */
+    const char *conninfo; /* copied */
+    unsigned n_workers;
+    int64_t retry_initial_ms;
+    int64_t retry_max_ms;
+    bool migrated; /* migrations already applied by the caller */
+} pipeline_params;
+
+__attribute__((warn_unused_result)) xr_code pipeline_start(const pipeline_params *params,
+                                                           pipeline **ret_pl, xr_error *err);
+/* Change the retry backoff (reload). Any thread. */
+void pipeline_set_retry(pipeline *pl, int64_t initial_ms, int64_t max_ms);
+/* Join the workers (call spool_shutdown first) and free. Accepts NULL; returns NULL. */
+pipeline *pipeline_stop(pipeline *pl);
+
+/* The migrations compiled into this binary, applied with registry_migrate. */
+__attribute__((warn_unused_result)) xr_code pipeline_migrate(registry *reg, unsigned *ret_applied,
+                                                             xr_error *err);

@@ -1,0 +1,173 @@
+/*
+ * xregctl: the admin command line. Subcommands reuse the daemon's own modules (the same
+ * configuration loader, the same migrations), so what it accepts the daemon accepts.
+ */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+#include "log.h"
+#include "pgembed.h"
+#include "pipeline.h"
+#include "registry.h"
+#include "xr-config.h"
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "Usage: xregctl [-c PATH] COMMAND\n"
+            "Administer an xreg registry.\n\n"
+            "Commands:\n"
+            "  check-config   validate the configuration file and print the effective values\n"
+            "  migrate        apply the registry's database migrations\n\n"
+            "Options:\n"
+            "  -c, --config PATH  configuration file (default %s/xregd.yaml)\n"
+            "  -q, --quiet        print only errors\n"
+            "      --version      print the version and exit\n"
+            "  -h, --help         print this help and exit\n",
+            XREG_SYSCONFDIR);
+}
+
+static int cmd_check_config(const char *path, bool quiet)
+{
+    xregd_config *cfg;
+    xr_error err = XR_ERROR_INIT;
+    if (config_load(path, &cfg, &err)) {
+        fprintf(stderr, "%s\n", err.msg);
+        return 1;
+    }
+    if (!quiet) {
+        printf("%s: valid\n", path);
+        printf("  dicom: AE \"%s\" on %s:%lld, %lld associations\n", cfg->dicom.ae_title,
+               cfg->dicom.bind[0] ? cfg->dicom.bind : "*", (long long)cfg->dicom.port,
+               (long long)cfg->dicom.max_associations);
+        printf("  spool: \"%s\", at most %lld bytes\n", cfg->spool.dir,
+               (long long)cfg->spool.max_bytes);
+        printf("  database: %s\n", cfg->database.conninfo[0] ? "external (conninfo set)"
+                                                           : "embedded cluster in state_dir");
+        printf("  pipeline: %lld workers\n", (long long)cfg->pipeline.workers);
+    }
+    config_free(cfg);
+    return 0;
+}
+
+static int cmd_migrate(const char *path, bool quiet)
+{
+    xregd_config *cfg;
+    xr_error err = XR_ERROR_INIT;
+    int ret = 1;
+    pgembed *pg = NULL;
+    char *conninfo = NULL;
+    registry *reg = NULL;
+    if (config_load(path, &cfg, &err)) {
+        fprintf(stderr, "%s\n", err.msg);
+        return 1;
+    }
+    if (cfg->database.conninfo[0] == '\0') {
+        char dir[4096];
+        snprintf(dir, sizeof(dir), "%s/postgresql", cfg->state_dir);
+        if (pgembed_start(dir, cfg->database.embedded_user, &pg, &conninfo, &err)) {
+            fprintf(stderr, "embedded PostgreSQL: %s\n", err.msg);
+            if (err.detail[0])
+                fprintf(stderr, "%s\n", err.detail);
+            goto out;
+        }
+    } else if (!(conninfo = strdup(cfg->database.conninfo))) {
+        fprintf(stderr, "out of memory\n");
+        goto out;
+    }
+    unsigned applied = 0;
+    if (registry_open(conninfo, "xregctl migrate", &reg, &err) ||
+        pipeline_migrate(reg, &applied, &err)) {
+        fprintf(stderr, "migrate: %s\n", err.msg);
+        if (err.detail[0])
+            fprintf(stderr, "%s\n", err.detail);
+        goto out;
+    }
+    if (!quiet)
+        printf("migrations applied: %u\n", applied);
+    ret = 0;
+out:
+    registry_close(reg);
+    pgembed_stop(pg);
+    free(conninfo);
+    config_free(cfg);
+    return ret;
+}
+
+int main(int argc, char **argv)
+{
+    const char *config_path = XREG_SYSCONFDIR "/xregd.yaml";
+    bool quiet = false;
+    static const struct option opts[] = {
+        {"config", required_argument, NULL, 'c'},
+        {"quiet", no_argument, NULL, 'q'},
+        {"version", no_argument, NULL, 'V'},
+        {"help", no_argument, NULL, 'h'},
+        {0},
+    };
+    int c;
+    /* "+": options stop at the command, so commands may have their own later. */
+    while ((c = getopt_long(argc, argv, "+c:qh", opts, NULL)) != -1) {
+        switch (c) {
+        case 'c':
+            config_path = optarg;
+            break;
+        case 'q':
+            quiet = true;
+            break;
+        case 'V':
+            printf("xregctl %s\n", XREG_VERSION);
+            return 0;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (optind >= argc) {
+        usage(stderr);
+        return 2;
+    }
+    const char *cmd = argv[optind];
+    /* Accept options after the command too: "xregctl check-config -c f.yaml". optind = 0
+     * makes glibc's getopt start over, with the command as the new argv[0]. */
+    int sargc = argc - optind;
+    char **sargv = argv + optind;
+    optind = 0;
+    while ((c = getopt_long(sargc, sargv, "+c:qh", opts, NULL)) != -1) {
+        switch (c) {
+        case 'c':
+            config_path = optarg;
+            break;
+        case 'q':
+            quiet = true;
+            break;
+        case 'V':
+            printf("xregctl %s\n", XREG_VERSION);
+            return 0;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (optind < sargc) {
+        fprintf(stderr, "xregctl: unexpected argument \"%s\"\n", sargv[optind]);
+        return 2;
+    }
+    log_setup(quiet ? XR_LOG_WARNING : XR_LOG_NOTICE);
+    if (strcmp(cmd, "check-config") == 0)
+        return cmd_check_config(config_path, quiet);
+    if (strcmp(cmd, "migrate") == 0)
+        return cmd_migrate(config_path, quiet);
+    fprintf(stderr, "xregctl: unrecognized command \"%s\"\n", cmd);
+    usage(stderr);
+    return 2;
+}

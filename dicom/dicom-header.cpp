@@ -1,0 +1,399 @@
+/*
+ * dicom_header_read*: the attributes the registry needs, copied out of a Part-10 file (or a bare
+ * data set) into the fixed-size dicom_header.
+ *
+ * The whole object is parsed with DCMTK's default maximum read length (DCM_MaxReadLength, 4 KiB):
+ * element values longer than that (pixel data, large private blobs) are left on disk and never
+ * loaded, so reading the header of a 500 MB multi-frame file costs a few seeks, while the
+ * structure of the entire object (element lengths against the file size, item delimitation) is
+ * still checked. That is why a file truncated inside its pixel data fails here already.
+ * Buffers are parsed the same way, through a memfd (see dicom_header_read_buffer).
+ *
+ * Garbage is rejected in two layers. DCMTK fails on most non-DICOM input (an element that claims
+ * more bytes than are left). Input that happens to parse (a valid meta header followed by text, a
+ * run of 0xFF bytes read as an empty data set) is caught by requiring SOP Class UID and SOP
+ * Instance UID in the data set. A missing Study or Series Instance UID is not a parse error:
+ * those fields come back "" and the caller decides.
+ */
+#include <assert.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "dcmtk/config/osconfig.h"
+#include "dcmtk/dcmdata/dcdatset.h"
+#include "dcmtk/dcmdata/dcdeftag.h"
+#include "dcmtk/dcmdata/dcerror.h"
+#include "dcmtk/dcmdata/dcfilefo.h"
+#include "dcmtk/dcmdata/dcmetinf.h"
+#include "dcmtk/dcmdata/dcxfer.h"
+
+#include "dicom-internal.hpp"
+
+using namespace xrdicom;
+
+namespace
+{
+
+/* One string attribute copied into a char[] field of dicom_header. */
+struct StringAttr {
+    DcmTagKey tag;
+    const char *name; /* DICOM keyword, for messages */
+    size_t offset;
+    size_t size; /* of the field, including the NUL */
+};
+
+#define STRING_ATTR(tag, keyword, field)                                                           \
+    {                                                                                              \
+        tag, keyword, offsetof(dicom_header, field), sizeof(((dicom_header *)0)->field)            \
+    }
+
+const StringAttr string_attrs[] = {
+    STRING_ATTR(DCM_SOPClassUID, "SOPClassUID", sop_class_uid),
+    STRING_ATTR(DCM_SOPInstanceUID, "SOPInstanceUID", sop_instance_uid),
+    STRING_ATTR(DCM_StudyInstanceUID, "StudyInstanceUID", study_instance_uid),
+    STRING_ATTR(DCM_SeriesInstanceUID, "SeriesInstanceUID", series_instance_uid),
+    STRING_ATTR(DCM_PatientID, "PatientID", patient_id),
+    STRING_ATTR(DCM_IssuerOfPatientID, "IssuerOfPatientID", issuer_of_patient_id),
+    STRING_ATTR(DCM_PatientName, "PatientName", patient_name),
+    STRING_ATTR(DCM_PatientBirthDate, "PatientBirthDate", patient_birth_date),
+    STRING_ATTR(DCM_PatientSex, "PatientSex", patient_sex),
+    STRING_ATTR(DCM_StudyDate, "StudyDate", study_date),
+    STRING_ATTR(DCM_StudyTime, "StudyTime", study_time),
+    STRING_ATTR(DCM_AccessionNumber, "AccessionNumber", accession_number),
+    STRING_ATTR(DCM_StudyDescription, "StudyDescription", study_description),
+    STRING_ATTR(DCM_SeriesDescription, "SeriesDescription", series_description),
+    STRING_ATTR(DCM_Modality, "Modality", modality),
+    STRING_ATTR(DCM_BodyPartExamined, "BodyPartExamined", body_part_examined),
+    STRING_ATTR(DCM_ViewPosition, "ViewPosition", view_position),
+    STRING_ATTR(DCM_Laterality, "Laterality", laterality),
+    STRING_ATTR(DCM_Manufacturer, "Manufacturer", manufacturer),
+    STRING_ATTR(DCM_InstitutionName, "InstitutionName", institution_name),
+    STRING_ATTR(DCM_PhotometricInterpretation, "PhotometricInterpretation",
+                photometric_interpretation),
+    STRING_ATTR(DCM_SpecificCharacterSet, "SpecificCharacterSet", specific_character_set),
+};
+
+/* Where a message names the input: "\"x.dcm\": " for files, nothing for buffers. */
+struct Source {
+    const char *path; /* NULL for a buffer */
+};
+
+__attribute__((format(printf, 4, 5))) xr_code fail(xr_error *err, xr_code code, const Source &src,
+                                                   const char *fmt, ...)
+{
+    if (!err)
+        return code;
+    va_list ap;
+    va_start(ap, fmt);
+    xr_error_setv(err, code, fmt, ap);
+    va_end(ap);
+    if (src.path)
+        xr_error_prefix(err, "\"%s\": ", src.path);
+    return code;
+}
+
+/*
+ * Copy the value of a string element (all values, backslashes kept) into dst, removing trailing
+ * spaces and NULs. absent/empty -> "". Too long for the field, NUL inside, or not a string VR ->
+ * XR_E_INPUT naming the attribute.
+ */
+xr_code copy_string(DcmItem &ds, const DcmTagKey &tag, const char *name, char *dst, size_t size,
+                    const Source &src, xr_error *err)
+{
+    dst[0] = '\0';
+    DcmElement *elem = nullptr;
+    if (ds.findAndGetElement(tag, elem).bad() || !elem)
+        return XR_OK;
+    if (elem->getLengthField() == 0)
+        return XR_OK;
+    if (!elem->isaString())
+        return fail(err, XR_E_INPUT, src, "%s (%04x,%04x) has VR %s, not a string VR", name,
+                    tag.getGroup(), tag.getElement(), elem->getTag().getVRName());
+    /*
+     * Refuse before loading a value that cannot fit (a deferred 1 GB "name" would otherwise be
+     * read into memory just to be rejected); one padding byte is allowed on top.
+     */
+    const Uint32 len = elem->getLengthField();
+    if (len > size)
+        return fail(err, XR_E_INPUT, src,
+                    "value of %s (%04x,%04x) is %" PRIu32 " bytes long but must be at most %zu",
+                    name, tag.getGroup(), tag.getElement(), len, size - 1);
+    OFString value;
+    OFCondition cond = elem->getOFStringArray(value, OFTrue /* normalize padding */);
+    if (cond.bad()) {
+        xr_error_detail(err, "DCMTK condition %04x:%04x: %s", (unsigned)cond.module(),
+                        (unsigned)cond.code(), cond.text());
+        return fail(err, XR_E_INPUT, src, "cannot read the value of %s (%04x,%04x)", name,
+                    tag.getGroup(), tag.getElement());
+    }
+    size_t n = value.length();
+    const char *p = value.c_str();
+    while (n > 0 && (p[n - 1] == ' ' || p[n - 1] == '\0'))
+        n--;
+    if (n >= size)
+        return fail(err, XR_E_INPUT, src,
+                    "value of %s (%04x,%04x) is %zu bytes long but must be at most %zu", name,
+                    tag.getGroup(), tag.getElement(), n, size - 1);
+    if (memchr(p, '\0', n))
+        return fail(err, XR_E_INPUT, src, "value of %s (%04x,%04x) contains a NUL byte", name,
+                    tag.getGroup(), tag.getElement());
+    memcpy(dst, p, n);
+    dst[n] = '\0';
+    return XR_OK;
+}
+
+/* US attribute: absent or empty -> dflt. Wrong VR -> XR_E_INPUT. */
+xr_code get_us(DcmItem &ds, const DcmTagKey &tag, const char *name, uint16_t dflt,
+               uint16_t *ret, const Source &src, xr_error *err)
+{
+    *ret = dflt;
+    DcmElement *elem = nullptr;
+    if (ds.findAndGetElement(tag, elem).bad() || !elem || elem->getLengthField() == 0)
+        return XR_OK;
+    if (elem->ident() != EVR_US)
+        return fail(err, XR_E_INPUT, src, "%s (%04x,%04x) has VR %s but must be US", name,
+                    tag.getGroup(), tag.getElement(), elem->getTag().getVRName());
+    Uint16 v = 0;
+    if (elem->getUint16(v, 0).bad())
+        return fail(err, XR_E_INPUT, src, "cannot read the value of %s (%04x,%04x)", name,
+                    tag.getGroup(), tag.getElement());
+    *ret = v;
+    return XR_OK;
+}
+
+/* IS attribute (first value): absent or empty -> dflt; outside [min, max] or not a number -> error. */
+xr_code get_is(DcmItem &ds, const DcmTagKey &tag, const char *name, int64_t dflt, int64_t min,
+               int64_t max, int64_t *ret, const Source &src, xr_error *err)
+{
+    *ret = dflt;
+    DcmElement *elem = nullptr;
+    if (ds.findAndGetElement(tag, elem).bad() || !elem || elem->getLengthField() == 0)
+        return XR_OK;
+    if (elem->getLengthField() > 64)
+        return fail(err, XR_E_INPUT, src, "value of %s (%04x,%04x) is %" PRIu32
+                    " bytes long but must be at most 12", name, tag.getGroup(),
+                    tag.getElement(), elem->getLengthField());
+    OFString value;
+    if (!elem->isaString() || elem->getOFString(value, 0, OFTrue).bad())
+        return fail(err, XR_E_INPUT, src, "cannot read the value of %s (%04x,%04x)", name,
+                    tag.getGroup(), tag.getElement());
+    const char *s = value.c_str();
+    while (*s == ' ')
+        s++;
+    if (*s == '\0')
+        return XR_OK;
+    char *end = nullptr;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    while (end && *end == ' ')
+        end++;
+    if (errno != 0 || end == s || !end || *end != '\0' || v < min || v > max)
+        return fail(err, XR_E_INPUT, src,
+                    "invalid value of %s (%04x,%04x): \"%s\" (must be an integer in [%" PRId64
+                    ", %" PRId64 "])",
+                    name, tag.getGroup(), tag.getElement(), value.c_str(), min, max);
+    *ret = v;
+    return XR_OK;
+}
+
+/* Readable reason for a DCMTK parse failure; the raw condition goes to the detail. */
+void parse_failure(xr_error *err, const Source &src, const OFCondition &cond)
+{
+    const char *why;
+    char text[256];
+    if (cond == EC_StreamNotifyClient || cond == EC_EndOfStream)
+        why = "the data ends inside an element (truncated, or not DICOM)";
+    else if (cond == EC_InvalidStream)
+        why = "invalid stream (truncated meta header, or not DICOM)";
+    else {
+        condition_text(cond, text, sizeof(text));
+        why = text;
+    }
+    fail(err, XR_E_INPUT, src, "not a DICOM file: %s", why);
+    xr_error_detail(err, "DCMTK condition %04x:%04x: %s", (unsigned)cond.module(),
+                    (unsigned)cond.code(), cond.text());
+}
+
+xr_code fill_header(DcmFileFormat &ff, const Source &src, dicom_header *ret, xr_error *err)
+{
+    DcmDataset *ds = ff.getDataset();
+    DcmMetaInfo *meta = ff.getMetaInfo();
+    if (!ds)
+        return fail(err, XR_E_INTERNAL, src, "DCMTK returned no data set");
+
+    /* Build in a local copy: out-params are written only on success. */
+    dicom_header h;
+    memset(&h, 0, sizeof(h));
+    xr_code rc;
+    for (const StringAttr &a : string_attrs) {
+        rc = copy_string(*ds, a.tag, a.name, reinterpret_cast<char *>(&h) + a.offset, a.size, src,
+                         err);
+        if (rc != XR_OK)
+            return rc;
+    }
+    /* DX objects carry the side in Image Laterality; Laterality is the series-level one. */
+    if (h.laterality[0] == '\0') {
+        rc = copy_string(*ds, DCM_ImageLaterality, "ImageLaterality", h.laterality,
+                         sizeof(h.laterality), src, err);
+        if (rc != XR_OK)
+            return rc;
+    }
+
+    /* Meta header transfer syntax; for a bare data set, the one DCMTK detected. */
+    if (meta) {
+        rc = copy_string(*meta, DCM_TransferSyntaxUID, "TransferSyntaxUID", h.transfer_syntax_uid,
+                         sizeof(h.transfer_syntax_uid), src, err);
+        if (rc != XR_OK)
+            return rc;
+    }
+    if (h.transfer_syntax_uid[0] == '\0') {
+        DcmXfer xfer(ds->getOriginalXfer());
+        if (xfer.getXfer() != EXS_Unknown)
+            snprintf(h.transfer_syntax_uid, sizeof(h.transfer_syntax_uid), "%s",
+                     xfer.getXferID());
+    }
+
+    if (h.sop_class_uid[0] == '\0')
+        return fail(err, XR_E_INPUT, src,
+                    "not a DICOM file: no SOP Class UID (0008,0016) in the data set");
+    if (h.sop_instance_uid[0] == '\0')
+        return fail(err, XR_E_INPUT, src,
+                    "not a DICOM file: no SOP Instance UID (0008,0018) in the data set");
+
+    int64_t v;
+    if ((rc = get_is(*ds, DCM_SeriesNumber, "SeriesNumber", -1, INT32_MIN, INT32_MAX, &v, src,
+                     err)) != XR_OK)
+        return rc;
+    h.series_number = (int32_t)v;
+    if ((rc = get_is(*ds, DCM_InstanceNumber, "InstanceNumber", -1, INT32_MIN, INT32_MAX, &v, src,
+                     err)) != XR_OK)
+        return rc;
+    h.instance_number = (int32_t)v;
+    if ((rc = get_is(*ds, DCM_NumberOfFrames, "NumberOfFrames", 1, 1, INT32_MAX, &v, src, err)) !=
+        XR_OK)
+        return rc;
+    h.number_of_frames = (uint32_t)v;
+
+    uint16_t u;
+    if ((rc = get_us(*ds, DCM_Rows, "Rows", 0, &u, src, err)) != XR_OK)
+        return rc;
+    h.rows = u;
+    if ((rc = get_us(*ds, DCM_Columns, "Columns", 0, &u, src, err)) != XR_OK)
+        return rc;
+    h.columns = u;
+    if ((rc = get_us(*ds, DCM_BitsAllocated, "BitsAllocated", 0, &h.bits_allocated, src, err)) !=
+        XR_OK)
+        return rc;
+    if ((rc = get_us(*ds, DCM_BitsStored, "BitsStored", 0, &h.bits_stored, src, err)) != XR_OK)
+        return rc;
+    if ((rc = get_us(*ds, DCM_SamplesPerPixel, "SamplesPerPixel", 0, &h.samples_per_pixel, src,
+                     err)) != XR_OK)
+        return rc;
+
+    h.has_pixel_data = ds->tagExists(DCM_PixelData, OFFalse);
+
+    *ret = h;
+    return XR_OK;
+}
+
+} // namespace
+
+xr_code dicom_header_read(const char *path, dicom_header *ret, xr_error *err) noexcept
+{
+    DICOM_API_BEGIN
+    if (!path || !ret) {
+        assert(!"dicom_header_read: NULL argument");
+        return xr_error_set(err, XR_E_INTERNAL, "dicom_header_read called with a NULL argument");
+    }
+    const Source src = {path};
+
+    /* Our own open first: errno for the caller, and a clear word for directories/empty files. */
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return xr_error_errno(err, errno, "could not open \"%s\"", path);
+    struct stat st;
+    int serr = fstat(fd, &st) == 0 ? 0 : errno;
+    close(fd);
+    if (serr)
+        return xr_error_errno(err, serr, "could not stat \"%s\"", path);
+    if (S_ISDIR(st.st_mode))
+        return xr_error_errno(err, EISDIR, "could not read \"%s\"", path);
+    if (!S_ISREG(st.st_mode)) /* a FIFO or /dev/zero would never end */
+        return fail(err, XR_E_INPUT, src, "not a regular file");
+    if (st.st_size == 0)
+        return fail(err, XR_E_INPUT, src, "not a DICOM file: the file is empty");
+
+    DcmFileFormat ff;
+    OFCondition cond =
+        ff.loadFile(OFFilename(path), EXS_Unknown, EGL_noChange, DCM_MaxReadLength, ERM_autoDetect);
+    if (cond.bad()) {
+        parse_failure(err, src, cond);
+        return XR_E_INPUT;
+    }
+    return fill_header(ff, src, ret, err);
+    DICOM_API_END(err)
+}
+
+xr_code dicom_header_read_buffer(const void *data, size_t n, dicom_header *ret,
+                                 xr_error *err) noexcept
+{
+    DICOM_API_BEGIN
+    if ((!data && n > 0) || !ret) {
+        assert(!"dicom_header_read_buffer: NULL argument");
+        return xr_error_set(err, XR_E_INTERNAL,
+                            "dicom_header_read_buffer called with a NULL argument");
+    }
+    const Source src = {nullptr};
+    if (n == 0)
+        return fail(err, XR_E_INPUT, src, "not a DICOM file: the data is empty");
+    if (n > (size_t)INT64_MAX)
+        return fail(err, XR_E_LIMIT, src, "buffer of %zu bytes is too large", n);
+
+    /*
+     * Parse through a memfd rather than DcmInputBufferStream: on a buffer stream DCMTK 3.6.7
+     * cannot defer loading long values, so it allocates whatever length an element claims
+     * (4 GB for 4 KB of garbage) before finding that the bytes are not there. A file stream
+     * checks the length against the bytes left first.
+     */
+    int fd = memfd_create("dicom-header", MFD_CLOEXEC);
+    if (fd < 0)
+        return xr_error_errno(err, errno, "could not create a memory file");
+    const char *p = static_cast<const char *>(data);
+    size_t done = 0;
+    while (done < n) {
+        ssize_t w = write(fd, p + done, n - done);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            int e = errno;
+            close(fd);
+            return xr_error_errno(err, e, "could not fill a memory file");
+        }
+        done += (size_t)w;
+    }
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+    DcmFileFormat ff;
+    OFCondition cond =
+        ff.loadFile(OFFilename(path), EXS_Unknown, EGL_noChange, DCM_MaxReadLength, ERM_autoDetect);
+    xr_code rc;
+    if (cond.bad()) {
+        parse_failure(err, src, cond);
+        rc = XR_E_INPUT;
+    } else {
+        rc = fill_header(ff, src, ret, err);
+    }
+    close(fd); /* after fill_header: values longer than DCM_MaxReadLength load from the file */
+    return rc;
+    DICOM_API_END(err)
+}

@@ -1,0 +1,69 @@
+/*
+ * dicom/ private helpers shared by the dicom-*.cpp files: the exception barrier that wraps every
+ * exported function, OFCondition -> xr_error, and the lock that serializes DCMTK's
+ * dcmExternalSocketHandle global. Only dicom-*.cpp include this file (it pulls in DCMTK).
+ */
+#pragma once
+
+#include <exception>
+#include <new>
+
+#include "dcmtk/config/osconfig.h" /* DCMTK wants this before any other of its headers */
+#include "dcmtk/ofstd/ofcond.h"
+
+#include "xr-error.h"
+
+#include "dicom.h"
+
+/*
+ * Exception barrier for exported functions that return xr_code (onnxruntime API_IMPL_BEGIN/END):
+ * nothing thrown by DCMTK, the STL or our own C++ escapes into C.
+ *
+ *     xr_code dicom_x(..., xr_error *err) noexcept
+ *     {
+ *         DICOM_API_BEGIN
+ *         ...
+ *         DICOM_API_END(err)
+ *     }
+ */
+#define DICOM_API_BEGIN try {
+#define DICOM_API_END(err)                                                                         \
+    }                                                                                              \
+    catch (const std::bad_alloc &)                                                                 \
+    {                                                                                              \
+        return xr_error_set((err), XR_E_NOMEM, "out of memory");                                   \
+    }                                                                                              \
+    catch (const std::exception &e)                                                                \
+    {                                                                                              \
+        return xr_error_set((err), XR_E_INTERNAL, "unexpected C++ exception: %s", e.what());      \
+    }                                                                                              \
+    catch (...)                                                                                    \
+    {                                                                                              \
+        return xr_error_set((err), XR_E_INTERNAL, "unexpected C++ exception of unknown type");     \
+    }
+
+namespace xrdicom
+{
+
+/*
+ * Fill err with code, the formatted message, then ": " and DCMTK's text for cond; the detail
+ * keeps DCMTK's module and code ("DCMTK condition 0006:0317: ..."). Returns code.
+ */
+__attribute__((format(printf, 4, 5))) xr_code error_from_condition(xr_error *err, xr_code code,
+                                                                    const OFCondition &cond,
+                                                                    const char *fmt, ...);
+
+/* The DCMTK text of cond with its first letter lowered when it starts a plain word. */
+void condition_text(const OFCondition &cond, char *buf, size_t n);
+
+/*
+ * dcmExternalSocketHandle is a process-wide DCMTK global ("inherently thread unsafe", dul.h)
+ * that DCMTK reads when it creates an acceptor network and at the start of every
+ * ASC_receiveAssociation. Every piece of dicom/ that sets it holds this lock from the set until
+ * DCMTK has read it back into its own structures (dicom-scp.cpp releases it from inside its
+ * transport layer's createConnection). Code that creates a DCMTK acceptor network must hold it.
+ */
+void external_socket_lock();
+void external_socket_unlock();
+
+} // namespace xrdicom

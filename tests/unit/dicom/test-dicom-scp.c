@@ -1,0 +1,884 @@
+/*
+ * The storage SCP against DCMTK's echoscu and storescu: echo, bit-preserving reception in the
+ * sent transfer syntax, statuses and Error Comments going back, association rejection (called
+ * AE, limit), concurrency, object size limit, write errors, stop semantics, open errors.
+ * Each test runs its own SCP on a free loopback port.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "dicom-test-util.h"
+#include "dicom.h"
+
+#define MAX_RECORDS 8
+
+struct ctx {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    char *dir;     /* test root */
+    char *tmp_dir; /* the SCP's tmp_dir */
+    char *got_dir; /* where on_store moves accepted files */
+
+    /* behaviour of on_store */
+    uint16_t status;
+    const char *comment;
+    bool block;  /* wait in on_store until cleared */
+    int barrier; /* wait in on_store until this many stores arrived (10 s at most) */
+    bool barrier_met;
+
+    /* what the callbacks saw */
+    int n_store;
+    char stored[MAX_RECORDS][PATH_MAX];
+    char stored_ts[MAX_RECORDS][65];
+    char stored_sop[MAX_RECORDS][65];
+    uint64_t stored_bytes[MAX_RECORDS];
+    int n_failed;
+    xr_code failed_code[MAX_RECORDS];
+    int failed_errno[MAX_RECORDS];
+    char failed_msg[MAX_RECORDS][XR_ERROR_MSG_BYTES];
+    int n_events[DICOM_ASSOC_EVENT_MAX];
+    char last_reject[256];
+    char last_accept[64];
+    char calling[17], called[17], peer[64];
+    uint64_t last_assoc_id;
+
+    /* the SCP */
+    dicom_scp *scp;
+    uint16_t port;
+    pthread_t thread;
+    bool thread_started;
+    xr_code run_rc;
+    xr_error run_err;
+};
+
+/* ---- callbacks ---- */
+
+static uint16_t on_store(void *userdata, const dicom_store_request *req, char *comment,
+                         size_t comment_bytes)
+{
+    struct ctx *c = userdata;
+    pthread_mutex_lock(&c->mu);
+    int i = c->n_store++;
+    uint16_t status = c->status;
+    if (i < MAX_RECORDS) {
+        snprintf(c->stored_ts[i], sizeof(c->stored_ts[i]), "%s", req->transfer_syntax_uid);
+        snprintf(c->stored_sop[i], sizeof(c->stored_sop[i]), "%s", req->sop_instance_uid);
+        c->stored_bytes[i] = req->n_bytes;
+        struct stat st;
+        if (stat(req->path, &st) != 0 || (uint64_t)st.st_size != req->n_bytes)
+            c->stored_bytes[i] = UINT64_MAX; /* n_bytes must be the file size */
+    }
+    /* The callback owns the file: keep it on success, drop it otherwise. */
+    if (status == DICOM_STATUS_SUCCESS && i < MAX_RECORDS) {
+        snprintf(c->stored[i], sizeof(c->stored[i]), "%s/got-%d.dcm", c->got_dir, i);
+        if (rename(req->path, c->stored[i]) != 0)
+            c->stored[i][0] = '\0';
+    } else {
+        (void)unlink(req->path);
+    }
+    pthread_cond_broadcast(&c->cv);
+
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += 10;
+    while (c->barrier > 0 && c->n_store < c->barrier)
+        if (pthread_cond_timedwait(&c->cv, &c->mu, &until) != 0)
+            break;
+    if (c->barrier > 0 && c->n_store >= c->barrier)
+        c->barrier_met = true;
+    until.tv_sec += 10;
+    while (c->block)
+        if (pthread_cond_timedwait(&c->cv, &c->mu, &until) != 0)
+            break;
+    if (c->comment)
+        snprintf(comment, comment_bytes, "%s", c->comment);
+    pthread_mutex_unlock(&c->mu);
+    return status;
+}
+
+static void on_store_failed(void *userdata, const dicom_assoc_info *assoc,
+                            const char *sop_instance_uid, const xr_error *why)
+{
+    (void)assoc;
+    (void)sop_instance_uid;
+    struct ctx *c = userdata;
+    pthread_mutex_lock(&c->mu);
+    int i = c->n_failed++;
+    if (i < MAX_RECORDS) {
+        c->failed_code[i] = why->code;
+        c->failed_errno[i] = why->sys_errno;
+        snprintf(c->failed_msg[i], sizeof(c->failed_msg[i]), "%s", why->msg);
+    }
+    pthread_cond_broadcast(&c->cv);
+    pthread_mutex_unlock(&c->mu);
+}
+
+static void on_assoc(void *userdata, const dicom_assoc_info *assoc, dicom_assoc_event event,
+                     const char *text)
+{
+    struct ctx *c = userdata;
+    pthread_mutex_lock(&c->mu);
+    c->n_events[event]++;
+    snprintf(c->calling, sizeof(c->calling), "%s", assoc->calling_ae);
+    snprintf(c->called, sizeof(c->called), "%s", assoc->called_ae);
+    snprintf(c->peer, sizeof(c->peer), "%s", assoc->peer_host);
+    c->last_assoc_id = assoc->id;
+    if (event == DICOM_ASSOC_REJECTED)
+        snprintf(c->last_reject, sizeof(c->last_reject), "%s", text ? text : "");
+    if (event == DICOM_ASSOC_ACCEPTED)
+        snprintf(c->last_accept, sizeof(c->last_accept), "%s", text ? text : "");
+    pthread_cond_broadcast(&c->cv);
+    pthread_mutex_unlock(&c->mu);
+}
+
+/* ---- helpers ---- */
+
+static uint16_t pick_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(fd >= 0);
+    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = 0};
+    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(bind(fd, (struct sockaddr *)&sin, sizeof(sin)), 0);
+    socklen_t len = sizeof(sin);
+    assert_int_equal(getsockname(fd, (struct sockaddr *)&sin, &len), 0);
+    close(fd);
+    return ntohs(sin.sin_port);
+}
+
+static dicom_scp_params base_params(struct ctx *c)
+{
+    dicom_scp_params p = dicom_scp_params_default();
+    p.ae_title = "XREG";
+    p.bind_address = "127.0.0.1";
+    p.port = pick_port();
+    p.tmp_dir = c->tmp_dir;
+    p.acse_timeout_s = 5;
+    p.dimse_timeout_s = 10;
+    p.on_store = on_store;
+    p.on_store_failed = on_store_failed;
+    p.on_assoc = on_assoc;
+    p.userdata = c;
+    return p;
+}
+
+static void *run_thread(void *arg)
+{
+    struct ctx *c = arg;
+    c->run_rc = dicom_scp_run(c->scp, &c->run_err);
+    return NULL;
+}
+
+static void start_scp(struct ctx *c, const dicom_scp_params *p)
+{
+    xr_error err = XR_ERROR_INIT;
+    if (dicom_scp_open(p, &c->scp, &err) != XR_OK)
+        fail_msg("dicom_scp_open: %s", err.msg);
+    c->port = p->port;
+    assert_int_equal(pthread_create(&c->thread, NULL, run_thread, c), 0);
+    c->thread_started = true;
+}
+
+static void stop_scp(struct ctx *c)
+{
+    if (!c->scp)
+        return;
+    if (c->thread_started) {
+        dicom_scp_stop(c->scp);
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_sec += 15;
+        int rc = pthread_timedjoin_np(c->thread, NULL, &until);
+        if (rc != 0)
+            fail_msg("dicom_scp_run did not return after dicom_scp_stop");
+        c->thread_started = false;
+        if (c->run_rc != XR_OK)
+            fail_msg("dicom_scp_run: %s", c->run_err.msg);
+    }
+    assert_int_equal(dicom_scp_active(c->scp), 0);
+    c->scp = dicom_scp_free(c->scp);
+    assert_null(c->scp);
+}
+
+/* Wait (10 s at most) until *counter >= want; returns the final value. */
+static int wait_count(struct ctx *c, const int *counter, int want)
+{
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += 10;
+    pthread_mutex_lock(&c->mu);
+    while (*counter < want)
+        if (pthread_cond_timedwait(&c->cv, &c->mu, &until) != 0)
+            break;
+    int v = *counter;
+    pthread_mutex_unlock(&c->mu);
+    return v;
+}
+
+static void wait_idle(struct ctx *c)
+{
+    for (int i = 0; i < 500 && dicom_scp_active(c->scp) != 0; i++)
+        usleep(10000);
+    assert_int_equal(dicom_scp_active(c->scp), 0);
+}
+
+static int echoscu(struct ctx *c, const char *called, char **out)
+{
+    char port[8];
+    snprintf(port, sizeof(port), "%u", c->port);
+    char *argv[] = {(char *)tu_tool("ECHOSCU"), "-v", "-aet", "TESTSCU", "-aec", (char *)called,
+                    "-to", "10", "-ta", "10", "-td", "10", "127.0.0.1", port, NULL};
+    return tu_run(argv, out);
+}
+
+/* storescu with up to two files; debug adds -d (response dumps). */
+static char **storescu_argv(struct ctx *c, const char *f1, const char *f2, bool debug)
+{
+    static char port[8];
+    snprintf(port, sizeof(port), "%u", c->port);
+    char **argv = calloc(20, sizeof(char *));
+    int n = 0;
+    argv[n++] = (char *)tu_tool("STORESCU");
+    argv[n++] = debug ? "-d" : "-v";
+    argv[n++] = "-aet";
+    argv[n++] = "TESTSCU";
+    argv[n++] = "-aec";
+    argv[n++] = "XREG";
+    argv[n++] = "-to";
+    argv[n++] = "10";
+    argv[n++] = "-ta";
+    argv[n++] = "10";
+    argv[n++] = "-td";
+    argv[n++] = "10";
+    argv[n++] = "127.0.0.1";
+    argv[n++] = port;
+    argv[n++] = (char *)f1;
+    if (f2)
+        argv[n++] = (char *)f2;
+    argv[n] = NULL;
+    return argv;
+}
+
+static int storescu(struct ctx *c, const char *f1, const char *f2, bool debug, char **out)
+{
+    char **argv = storescu_argv(c, f1, f2, debug);
+    int rc = tu_run(argv, out);
+    free(argv);
+    return rc;
+}
+
+/* The data set bytes (after the meta header) of two Part-10 files are identical. */
+static void assert_same_data_set(const char *a, const char *b)
+{
+    size_t na, nb;
+    char *da = tu_read_file(a, &na);
+    char *db = tu_read_file(b, &nb);
+    size_t oa = tu_dataset_offset(da, na);
+    size_t ob = tu_dataset_offset(db, nb);
+    assert_true(oa > 0);
+    assert_true(ob > 0);
+    assert_int_equal(na - oa, nb - ob);
+    assert_memory_equal(da + oa, db + ob, na - oa);
+    free(da);
+    free(db);
+}
+
+static void assert_same_header(const char *a, const char *b)
+{
+    dicom_header ha, hb;
+    xr_error err = XR_ERROR_INIT;
+    if (dicom_header_read(a, &ha, &err) != XR_OK)
+        fail_msg("%s", err.msg);
+    if (dicom_header_read(b, &hb, &err) != XR_OK)
+        fail_msg("%s", err.msg);
+    assert_string_equal(ha.transfer_syntax_uid, hb.transfer_syntax_uid);
+    assert_string_equal(ha.sop_instance_uid, hb.sop_instance_uid);
+    assert_memory_equal(&ha, &hb, sizeof(ha));
+}
+
+static char *make_jpeg(struct ctx *c, const char *src, const char *name)
+{
+    char *jpeg = tu_path(c->dir, name);
+    char *argv[] = {(char *)tu_tool("DCMCJPEG"), (char *)src, jpeg, NULL};
+    char *out = NULL;
+    int rc = tu_run(argv, &out);
+    if (rc != 0)
+        fail_msg("dcmcjpeg failed (%d): %s", rc, out);
+    free(out);
+    return jpeg;
+}
+
+/* ---- fixtures ---- */
+
+static int group_setup(void **state)
+{
+    (void)state;
+    xr_error err = XR_ERROR_INIT;
+    if (dicom_global_init(&err) != XR_OK) {
+        fprintf(stderr, "dicom_global_init: %s (%s)\n", err.msg, err.detail);
+        return -1;
+    }
+    return 0;
+}
+
+static int group_teardown(void **state)
+{
+    (void)state;
+    dicom_global_done();
+    return 0;
+}
+
+static int setup(void **state)
+{
+    struct ctx *c = calloc(1, sizeof(*c));
+    pthread_mutex_init(&c->mu, NULL);
+    pthread_cond_init(&c->cv, NULL);
+    c->dir = tu_mkdtemp("xreg-dicom-scp");
+    c->tmp_dir = tu_path(c->dir, "tmp");
+    c->got_dir = tu_path(c->dir, "got");
+    mkdir(c->tmp_dir, 0700);
+    mkdir(c->got_dir, 0700);
+    c->status = DICOM_STATUS_SUCCESS;
+    *state = c;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    struct ctx *c = *state;
+    if (c->scp) {
+        pthread_mutex_lock(&c->mu);
+        c->block = false;
+        pthread_cond_broadcast(&c->cv);
+        pthread_mutex_unlock(&c->mu);
+        if (c->thread_started) {
+            dicom_scp_stop(c->scp);
+            pthread_join(c->thread, NULL);
+        }
+        c->scp = dicom_scp_free(c->scp);
+    }
+    tu_rm_rf(c->dir);
+    free(c->dir);
+    free(c->tmp_dir);
+    free(c->got_dir);
+    pthread_mutex_destroy(&c->mu);
+    pthread_cond_destroy(&c->cv);
+    free(c);
+    return 0;
+}
+
+/* ---- tests ---- */
+
+static void test_echo(void **state)
+{
+    struct ctx *c = *state;
+    dicom_scp_params p = base_params(c);
+    start_scp(c, &p);
+    char *out = NULL;
+    int rc = echoscu(c, "XREG", &out);
+    if (rc != 0)
+        fail_msg("echoscu failed (%d): %s", rc, out);
+    free(out);
+    assert_int_equal(wait_count(c, &c->n_events[DICOM_ASSOC_RELEASED], 1), 1);
+    assert_int_equal(c->n_events[DICOM_ASSOC_ACCEPTED], 1);
+    assert_int_equal(c->n_events[DICOM_ASSOC_ECHO], 1);
+    assert_int_equal(c->n_events[DICOM_ASSOC_REJECTED], 0);
+    assert_int_equal(c->n_events[DICOM_ASSOC_ABORTED], 0);
+    assert_string_equal(c->calling, "TESTSCU");
+    assert_string_equal(c->called, "XREG");
+    assert_string_equal(c->peer, "127.0.0.1");
+    assert_true(c->last_assoc_id >= 1);
+    assert_true(atoi(c->last_accept) >= 1); /* number of accepted presentation contexts */
+    wait_idle(c);
+    stop_scp(c);
+}
+
+static void test_store_explicit_le(void **state)
+{
+    struct ctx *c = *state;
+    char *src = tu_make_cr(c->dir, "cr.dcm", NULL, NULL, true);
+    dicom_scp_params p = base_params(c);
+    start_scp(c, &p);
+    char *out = NULL;
+    int rc = storescu(c, src, NULL, false, &out);
+    if (rc != 0 || !strstr(out, "Success"))
+        fail_msg("storescu failed (%d): %s", rc, out);
+    free(out);
+    assert_int_equal(wait_count(c, &c->n_store, 1), 1);
+    assert_string_equal(c->stored_ts[0], "1.2.840.10008.1.2.1");
+    assert_string_equal(c->stored_sop[0], TU_SOP_INSTANCE_UID);
+    assert_int_not_equal(c->stored_bytes[0], UINT64_MAX);
+    assert_true(c->stored[0][0] != '\0');
+    assert_same_data_set(src, c->stored[0]);
+    assert_same_header(src, c->stored[0]);
+    assert_int_equal(tu_count_entries(c->tmp_dir), 0);
+    assert_int_equal(c->n_failed, 0);
+    stop_scp(c);
+    free(src);
+}
+
+static void test_store_jpeg_lossless(void **state)
+{
+    struct ctx *c = *state;
+    char *src = tu_make_cr(c->dir, "cr.dcm", NULL, NULL, true);
+    char *jpeg = make_jpeg(c, src, "cr-jpeg.dcm");
+    dicom_scp_params p = base_params(c);
+    start_scp(c, &p);
+    char *out = NULL;
+    int rc = storescu(c, jpeg, NULL, false, &out);
+    if (rc != 0 || !strstr(out, "Success"))
+        fail_msg("storescu failed (%d): %s", rc, out);
+    free(out);
+    assert_int_equal(wait_count(c, &c->n_store, 1), 1);
+    /* Received as sent: JPEG Lossless SV1, encapsulated pixel data bit for bit. */
+    assert_string_equal(c->stored_ts[0], "1.2.840.10008.1.2.4.70");
+    assert_same_data_set(jpeg, c->stored[0]);
+    assert_same_header(jpeg, c->stored[0]);
+    stop_scp(c);
+    free(jpeg);
+    free(src);
+}
+
+static void test_store_status_and_comment(void **state)
+{
+    struct ctx *c = *state;
+    char *src = tu_make_cr(c->dir, "cr.dcm", NULL, NULL, true);
+    c->status = DICOM_STATUS_OUT_OF_RESOURCES;
+    c->comment = "disk budget exceeded";
+    dicom_scp_params p = base_params(c);
+    start_scp(c, &p);
+    char *out = NULL;
+    int rc = storescu(c, src, NULL, true, &out);
+    if (rc == 0 || !strstr(out, "Refused: OutOfResources") ||
+        !strstr(out, "disk budget exceeded"))
+        fail_msg("storescu should report A700 with the comment (%d): %s", rc, out);
+    free(out);
+    assert_int_equal(c->n_store, 1);
+    assert_int_equal(tu_count_entries(c->tmp_dir), 0);
+    /* A refused object does not break the association: it was released, not aborted. */
+    assert_int_equal(wait_count(c, &c->n_events[DICOM_ASSOC_RELEASED], 1), 1);
+    assert_int_equal(c->n_events[DICOM_ASSOC_ABORTED], 0);
+    stop_scp(c);
+    free(src);
+}
+
+static void test_wrong_called_ae(void **state)
+{
+    struct ctx *c = *state;
+    dicom_scp_params p = base_params(c);
+    start_scp(c, &p);
+    char *out = NULL;
+    int rc = echoscu(c, "NOTXREG", &out);
+    if (rc == 0 || !strstr(out, "Called AE Title Not Recognized"))
+        fail_msg("echoscu should be rejected (%d): %s", rc, out);
+    free(out);
+    assert_int_equal(wait_count(c, &c->n_events[DICOM_ASSOC_REJECTED], 1), 1);
+    assert_non_null(strstr(c->last_reject, "called AE title"));
+    assert_string_equal(c->called, "NOTXREG");
+    assert_int_equal(c->n_events[DICOM_ASSOC_ACCEPTED], 0);
+    wait_idle(c);
+    stop_scp(c);
+}
+
+static void test_two_at_once(void **state)
+{
+    struct ctx *c = *state;
+    char *a = tu_make_cr(c->dir, "a.dcm", NULL, NULL, true);
+    char *b = tu_make_cr(c->dir, "b.dcm", "(0008,0018) UI [1.2.826.0.1.3680043.10.1234.1.2]\n",
+                         NULL, true);
+    c->barrier = 2; /* each on_store waits for the other: only concurrent associations pass */
+    dicom_scp_params p = base_params(c);
+    p.max_associations = 2;
+    start_scp(c, &p);
+    char **argv_a = storescu_argv(c, a, NULL, false);
+    char **argv_b = storescu_argv(c, b, NULL, false);
+    pid_t pa = tu_spawn(argv_a);
+    pid_t pb = tu_spawn(argv_b);
+    assert_int_equal(tu_wait(pa), 0);
+    assert_int_equal(tu_wait(pb), 0);
+    free(argv_a);
+    free(argv_b);
+    assert_true(c->barrier_met);
+    assert_int_equal(c->n_store, 2);
+    assert_int_equal(wait_count(c, &c->n_events[DICOM_ASSOC_RELEASED], 2), 2);
+    stop_scp(c);
+    free(a);
+    free(b);
+}
+
+static void test_association_limit(void **state)
+{
+    struct ctx *c = *state;
+    char *a = tu_make_cr(c->dir, "a.dcm", NULL, NULL, true);
+    c->block = true;
+    dicom_scp_params p = base_params(c);
+    p.max_associations = 1;
+    start_scp(c, &p);
+    char **argv_a = storescu_argv(c, a, NULL, false);
+    pid_t pa = tu_spawn(argv_a);
+    assert_int_equal(wait_count(c, &c->n_store, 1), 1); /* first association sits in on_store */
+    assert_int_equal(dicom_scp_active(c->scp), 1);
+
+    char *out = NULL;
+    int rc = echoscu(c, "XREG", &out);
+    if (rc == 0 || !strstr(out, "Local Limit Exceeded"))
+        fail_msg("second association should be rejected (%d): %s", rc, out);
+    free(out);
+    assert_int_equal(wait_count(c, &c->n_events[DICOM_ASSOC_REJECTED], 1), 1);
+    assert_non_null(strstr(c->last_reject, "too many associations"));
+
+    pthread_mutex_lock(&c->mu);
+    c->block = false;
+    pthread_cond_broadcast(&c->cv);
+    pthread_mutex_unlock(&c->mu);
+    assert_int_equal(tu_wait(pa), 0);
+    free(argv_a);
+    wait_idle(c);
+
+    /* With the first gone, a new association is accepted again. */
+    rc = echoscu(c, "XREG", &out);
+    assert_int_equal(rc, 0);
+    free(out);
+    stop_scp(c);
+    free(a);
+}
+
+static void test_object_size_limit(void **state)
+{
+    struct ctx *c = *state;
+    char *src = tu_make_cr(c->dir, "cr.dcm", NULL, NULL, true);
+    char *src2 = tu_make_cr(c->dir, "cr2.dcm", "(0008,0018) UI [1.2.826.0.1.3680043.10.1234.1.2]\n",
+                            NULL, true);
+    char *out = NULL;
+
+    /* Learn the received size. */
+    dicom_scp_params p = base_params(c);
+    start_scp(c, &p);
+    assert_int_equal(storescu(c, src, NULL, false, &out), 0);
+    free(out);
+    stop_scp(c);
+    assert_int_equal(c->n_store, 1);
+    const uint64_t size = c->stored_bytes[0];
+    assert_true(size > 1024 && size != UINT64_MAX);
+
+    /* At the limit: accepted. */
+    p = base_params(c);
+    p.max_object_bytes = size;
+    start_scp(c, &p);
+    assert_int_equal(storescu(c, src, NULL, false, &out), 0);
+    free(out);
+    stop_scp(c);
+    assert_int_equal(c->n_store, 2);
+    assert_int_equal(c->n_failed, 0);
+
+    /* One past: A700, twice on one association, which stays usable and is released. */
+    p = base_params(c);
+    p.max_object_bytes = size - 1;
+    start_scp(c, &p);
+    int released_before = c->n_events[DICOM_ASSOC_RELEASED];
+    int rc = storescu(c, src, src2, false, &out);
+    const char *first = strstr(out, "Refused: OutOfResources");
+    if (rc == 0 || !first || !strstr(first + 1, "Refused: OutOfResources"))
+        fail_msg("storescu should get A700 twice (%d): %s", rc, out);
+    free(out);
+    assert_int_equal(c->n_store, 2); /* on_store not called */
+    assert_int_equal(c->n_failed, 2);
+    assert_int_equal(c->failed_code[0], XR_E_LIMIT);
+    assert_non_null(strstr(c->failed_msg[0], "larger than the limit"));
+    assert_int_equal(tu_count_entries(c->tmp_dir), 0);
+    assert_int_equal(wait_count(c, &c->n_events[DICOM_ASSOC_RELEASED], released_before + 1),
+                     released_before + 1);
+    assert_int_equal(c->n_events[DICOM_ASSOC_ABORTED], 0);
+    stop_scp(c);
+    free(src);
+    free(src2);
+}
+
+static void test_write_error(void **state)
+{
+    struct ctx *c = *state;
+    char *src = tu_make_cr(c->dir, "cr.dcm", NULL, NULL, true);
+    char *src2 = tu_make_cr(c->dir, "cr2.dcm", "(0008,0018) UI [1.2.826.0.1.3680043.10.1234.1.2]\n",
+                            NULL, true);
+    dicom_scp_params p = base_params(c);
+    start_scp(c, &p);
+
+    /* A file size limit makes write(2) fail with EFBIG like a full disk fails with ENOSPC. */
+    struct rlimit old, lim;
+    assert_int_equal(getrlimit(RLIMIT_FSIZE, &old), 0);
+    lim = old;
+    lim.rlim_cur = 2048;
+    void (*old_sig)(int) = signal(SIGXFSZ, SIG_IGN);
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &lim), 0);
+    char *out = NULL;
+    int rc = storescu(c, src, src2, false, &out);
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &old), 0);
+    signal(SIGXFSZ, old_sig);
+
+    const char *first = strstr(out, "Refused: OutOfResources");
+    if (rc == 0 || !first || !strstr(first + 1, "Refused: OutOfResources"))
+        fail_msg("storescu should get A700 twice (%d): %s", rc, out);
+    free(out);
+    assert_int_equal(c->n_store, 0);
+    assert_int_equal(c->n_failed, 2);
+    assert_int_equal(c->failed_code[0], XR_E_IO);
+    assert_int_equal(c->failed_errno[0], EFBIG);
+    assert_int_equal(tu_count_entries(c->tmp_dir), 0); /* partial files removed */
+    assert_int_equal(wait_count(c, &c->n_events[DICOM_ASSOC_RELEASED], 1), 1);
+    assert_int_equal(c->n_events[DICOM_ASSOC_ABORTED], 0);
+
+    /* And it recovers once writing works again. */
+    rc = storescu(c, src, NULL, false, &out);
+    assert_int_equal(rc, 0);
+    free(out);
+    assert_int_equal(c->n_store, 1);
+    assert_same_data_set(src, c->stored[0]);
+    stop_scp(c);
+    free(src);
+    free(src2);
+}
+
+static int connect_loopback(uint16_t port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_true(fd >= 0);
+    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons(port)};
+    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (connect(fd, (struct sockaddr *)&sin, sizeof(sin)) != 0) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return -1;
+    }
+    return fd;
+}
+
+static void test_stop_waits_for_associations(void **state)
+{
+    struct ctx *c = *state;
+    char *src = tu_make_cr(c->dir, "cr.dcm", NULL, NULL, true);
+    c->block = true;
+    dicom_scp_params p = base_params(c);
+    start_scp(c, &p);
+    char **argv = storescu_argv(c, src, NULL, false);
+    pid_t pid = tu_spawn(argv);
+    assert_int_equal(wait_count(c, &c->n_store, 1), 1);
+
+    dicom_scp_stop(c->scp);
+    usleep(300 * 1000);
+    /* run() has not returned: an association is in flight ... */
+    assert_int_equal(pthread_tryjoin_np(c->thread, NULL), EBUSY);
+    assert_int_equal(dicom_scp_active(c->scp), 1);
+    /* ... but nothing new is accepted. */
+    assert_int_equal(connect_loopback(c->port), -1);
+    assert_int_equal(errno, ECONNREFUSED);
+
+    pthread_mutex_lock(&c->mu);
+    c->block = false;
+    pthread_cond_broadcast(&c->cv);
+    pthread_mutex_unlock(&c->mu);
+    assert_int_equal(tu_wait(pid), 0); /* the in-flight store completes with Success */
+    free(argv);
+    stop_scp(c); /* joins: run() returns now */
+    free(src);
+}
+
+static void test_silent_and_garbage_peers(void **state)
+{
+    struct ctx *c = *state;
+    dicom_scp_params p = base_params(c);
+    start_scp(c, &p);
+
+    /* A peer that connects and says nothing must not hold up other associations. */
+    int silent = connect_loopback(c->port);
+    assert_true(silent >= 0);
+    /* A peer that sends something that is not DICOM. */
+    int junk = connect_loopback(c->port);
+    assert_true(junk >= 0);
+    const char msg[] = "this is not dicom\n";
+    assert_int_equal(write(junk, msg, sizeof(msg) - 1), (ssize_t)(sizeof(msg) - 1));
+
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    char *out = NULL;
+    int rc = echoscu(c, "XREG", &out);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    if (rc != 0)
+        fail_msg("echoscu failed (%d): %s", rc, out);
+    free(out);
+    assert_true(t1.tv_sec - t0.tv_sec < 3); /* well under acse_timeout_s (5) */
+    assert_int_equal(c->n_events[DICOM_ASSOC_ECHO], 1);
+
+    close(junk);
+    close(silent);
+    wait_idle(c);
+    assert_int_equal(c->n_events[DICOM_ASSOC_ACCEPTED], 1);
+    stop_scp(c);
+}
+
+static void test_unsupported_sop_class(void **state)
+{
+    struct ctx *c = *state;
+    /* CT Image Storage is not in the accepted list: storescu finds no presentation context. */
+    char *ct = tu_make_cr(c->dir, "ct.dcm", "(0008,0016) UI [1.2.840.10008.5.1.4.1.1.2]\n", NULL,
+                          true);
+    dicom_scp_params p = base_params(c);
+    start_scp(c, &p);
+    char *out = NULL;
+    int rc = storescu(c, ct, NULL, false, &out);
+    assert_int_not_equal(rc, 0);
+    free(out);
+    assert_int_equal(c->n_store, 0);
+    stop_scp(c);
+    free(ct);
+}
+
+static void test_open_errors(void **state)
+{
+    struct ctx *c = *state;
+    xr_error err = XR_ERROR_INIT;
+    dicom_scp *other = NULL;
+    char want[128];
+
+    /* Port in use, specific address. */
+    dicom_scp_params p = base_params(c);
+    start_scp(c, &p);
+    assert_int_equal(dicom_scp_open(&p, &other, &err), XR_E_IO);
+    assert_null(other);
+    assert_int_equal(err.sys_errno, EADDRINUSE);
+    snprintf(want, sizeof(want), "could not listen on 127.0.0.1:%u: Address already in use",
+             p.port);
+    assert_string_equal(err.msg, want);
+
+    /* Port in use, all interfaces. */
+    p.bind_address = NULL;
+    assert_int_equal(dicom_scp_open(&p, &other, &err), XR_E_IO);
+    snprintf(want, sizeof(want), "could not listen on 0.0.0.0:%u: Address already in use",
+             p.port);
+    assert_string_equal(err.msg, want);
+    stop_scp(c);
+
+    /* Invalid parameters. */
+    dicom_scp_params q;
+#define EXPECT_CONFIG(stmt, needle)                                                                \
+    do {                                                                                           \
+        q = base_params(c);                                                                        \
+        stmt;                                                                                      \
+        xr_code rc_ = dicom_scp_open(&q, &other, &err);                                            \
+        if (rc_ != XR_E_CONFIG || !strstr(err.msg, needle))                                        \
+            fail_msg("%s: expected config error with \"%s\", got %s: %s", #stmt, needle,          \
+                     xr_code_name(rc_), err.msg);                                                  \
+        assert_null(other);                                                                        \
+    } while (0)
+    EXPECT_CONFIG(q.ae_title = "", "AE title");
+    EXPECT_CONFIG(q.ae_title = "ABCDEFGHIJKLMNOPQ", "at most 16");
+    EXPECT_CONFIG(q.ae_title = "BAD\\AE", "not allowed");
+    EXPECT_CONFIG(q.port = 0, "port 0");
+    EXPECT_CONFIG(q.bind_address = "localhost", "invalid bind address");
+    EXPECT_CONFIG(q.max_associations = 0, "max_associations");
+    EXPECT_CONFIG(q.max_pdu_bytes = 1000, "max_pdu_bytes");
+    EXPECT_CONFIG(q.acse_timeout_s = 0, "acse_timeout_s");
+    EXPECT_CONFIG(q.max_object_bytes = 0, "max_object_bytes");
+    EXPECT_CONFIG(q.tmp_dir = "/nonexistent/xreg", "tmp_dir");
+    EXPECT_CONFIG(q.on_store = NULL, "on_store");
+#undef EXPECT_CONFIG
+}
+
+static void test_bind_address(void **state)
+{
+    struct ctx *c = *state;
+    dicom_scp_params p = base_params(c);
+    p.bind_address = "127.0.0.1";
+    xr_error err = XR_ERROR_INIT;
+    assert_int_equal(dicom_scp_open(&p, &c->scp, &err), XR_OK);
+
+    /* Bound to 127.0.0.1 only: 127.0.0.2 (also loopback) on the same port is still free. */
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons(p.port)};
+    inet_pton(AF_INET, "127.0.0.2", &sin.sin_addr);
+    assert_int_equal(bind(fd, (struct sockaddr *)&sin, sizeof(sin)), 0);
+    close(fd);
+    c->scp = dicom_scp_free(c->scp);
+
+    /* All interfaces: now it is taken. */
+    p.bind_address = "";
+    assert_int_equal(dicom_scp_open(&p, &c->scp, &err), XR_OK);
+    fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_int_equal(bind(fd, (struct sockaddr *)&sin, sizeof(sin)), -1);
+    assert_int_equal(errno, EADDRINUSE);
+    close(fd);
+    c->scp = dicom_scp_free(c->scp);
+
+    /* IPv6 loopback, where the kernel has IPv6. */
+    int fd6 = socket(AF_INET6, SOCK_STREAM, 0);
+    if (fd6 >= 0) {
+        close(fd6);
+        p.bind_address = "::1";
+        xr_code rc = dicom_scp_open(&p, &c->scp, &err);
+        if (rc == XR_OK)
+            c->scp = dicom_scp_free(c->scp);
+        else
+            assert_non_null(strstr(err.msg, "could not listen on [::1]:")); /* no ::1 here */
+    }
+}
+
+static void test_lists(void **state)
+{
+    (void)state;
+    const char *const *sop = dicom_storage_sop_classes();
+    const char *const *ts = dicom_storage_transfer_syntaxes();
+    int n = 0;
+    bool cr = false, dx = false, dxp = false, sc = false;
+    for (; sop[n]; n++) {
+        cr |= strcmp(sop[n], "1.2.840.10008.5.1.4.1.1.1") == 0;
+        dx |= strcmp(sop[n], "1.2.840.10008.5.1.4.1.1.1.1") == 0;
+        dxp |= strcmp(sop[n], "1.2.840.10008.5.1.4.1.1.1.1.1") == 0;
+        sc |= strcmp(sop[n], "1.2.840.10008.5.1.4.1.1.7") == 0;
+    }
+    assert_true(cr && dx && dxp && sc);
+    assert_int_equal(n, 8);
+    int m = 0;
+    for (; ts[m]; m++)
+        ;
+    assert_int_equal(m, 13);
+    assert_string_equal(ts[0], "1.2.840.10008.1.2.1"); /* preferred first */
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_lists),
+        cmocka_unit_test_setup_teardown(test_echo, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_store_explicit_le, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_store_jpeg_lossless, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_store_status_and_comment, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_wrong_called_ae, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_two_at_once, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_association_limit, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_object_size_limit, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_write_error, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stop_waits_for_associations, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_silent_and_garbage_peers, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_unsupported_sop_class, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_open_errors, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_bind_address, setup, teardown),
+    };
+    return cmocka_run_group_tests_name("dicom-scp", tests, group_setup, group_teardown);
+}

@@ -1,0 +1,32 @@
+#!/bin/bash
+# Install every Debian 12 package xreg needs to build, run and test. Safe to run again: it
+# installs only what is missing. Needs root (or sudo) only when something is missing.
+set -euo pipefail
+
+packages=(
+  # build
+  meson ninja-build pkg-config gcc g++
+  libdcmtk-dev libyaml-dev libpq-dev libssl-dev libsystemd-dev libcmocka-dev
+  # Debian 12's dcmtk.pc lists sndfile in Requires.private, so pkg-config needs its .pc
+  libsndfile1-dev
+  # run: the embedded PostgreSQL cluster
+  postgresql-15 postgresql-client-15
+  # test: real DICOM peers, fixture makers, the pytest driver
+  dcmtk libgdcm-tools python3 python3-pytest python3-psycopg2 python3-pydicom python3-numpy
+  systemd
+)
+
+missing=()
+for p in "${packages[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed'; then
+        missing+=("$p")
+    fi
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+echo "install-deps: installing ${missing[*]}" >&2
+sudo=()
+[ "$(id -u)" = 0 ] || sudo=(sudo)
+export DEBIAN_FRONTEND=noninteractive
+"${sudo[@]}" apt-get update -qq
+"${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
