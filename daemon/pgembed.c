@@ -147,6 +147,20 @@ xr_code pgembed_start(const char *dir, const char *run_as, pgembed **ret_pg, cha
     rc = xr_fs_mkdir_p(dir, 0700, err);
     if (rc == XR_OK)
         rc = own(pg, dir, err);
+    if (rc == XR_OK && pg->drop) {
+        /* The owner must be able to pass through the state directory we (root) created. */
+        char parent[PATH_MAX];
+        snprintf(parent, sizeof(parent), "%s", dir);
+        char *slash = strrchr(parent, '/');
+        struct stat st;
+        if (slash && slash != parent) {
+            *slash = '\0';
+            if (stat(parent, &st) == 0 && !(st.st_mode & S_IXOTH) &&
+                chmod(parent, (st.st_mode & 07777) | S_IXOTH) < 0)
+                rc = xr_error_errno(err, errno, "could not let \"%s\" traverse \"%s\"", run_as,
+                                    parent);
+        }
+    }
     if (rc == XR_OK && mkdir(run, 0700) < 0 && errno != EEXIST)
         rc = xr_error_errno(err, errno, "could not create \"%s\"", run);
     if (rc == XR_OK)

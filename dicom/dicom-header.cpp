@@ -6,7 +6,8 @@
  * element values longer than that (pixel data, large private blobs) are left on disk and never
  * loaded, so reading the header of a 500 MB multi-frame file costs a few seeks, while the
  * structure of the entire object (element lengths against the file size, item delimitation) is
- * still checked. That is why a file truncated inside its pixel data fails here already.
+ * still checked. That is why a file truncated inside its pixel data fails here already. (A
+ * deflated object is the exception: its stream cannot seek, so DCMTK loads every value.)
  * Buffers are parsed the same way, through a memfd (see dicom_header_read_buffer).
  *
  * Garbage is rejected in two layers. DCMTK fails on most non-DICOM input (an element that claims
@@ -57,6 +58,7 @@ struct StringAttr {
         tag, keyword, offsetof(dicom_header, field), sizeof(((dicom_header *)0)->field)            \
     }
 
+/* SOP Class UID and SOP Instance UID stay first: fill_header checks them right after them. */
 const StringAttr string_attrs[] = {
     STRING_ATTR(DCM_SOPClassUID, "SOPClassUID", sop_class_uid),
     STRING_ATTR(DCM_SOPInstanceUID, "SOPInstanceUID", sop_instance_uid),
@@ -153,8 +155,8 @@ xr_code copy_string(DcmItem &ds, const DcmTagKey &tag, const char *name, char *d
 }
 
 /* US attribute: absent or empty -> dflt. Wrong VR -> XR_E_INPUT. */
-xr_code get_us(DcmItem &ds, const DcmTagKey &tag, const char *name, uint16_t dflt,
-               uint16_t *ret, const Source &src, xr_error *err)
+xr_code get_us(DcmItem &ds, const DcmTagKey &tag, const char *name, uint16_t dflt, uint16_t *ret,
+               const Source &src, xr_error *err)
 {
     *ret = dflt;
     DcmElement *elem = nullptr;
@@ -171,7 +173,8 @@ xr_code get_us(DcmItem &ds, const DcmTagKey &tag, const char *name, uint16_t dfl
     return XR_OK;
 }
 
-/* IS attribute (first value): absent or empty -> dflt; outside [min, max] or not a number -> error. */
+/* IS attribute (first value): absent or empty -> dflt; outside [min, max] or not a number -> error.
+ */
 xr_code get_is(DcmItem &ds, const DcmTagKey &tag, const char *name, int64_t dflt, int64_t min,
                int64_t max, int64_t *ret, const Source &src, xr_error *err)
 {
@@ -180,9 +183,9 @@ xr_code get_is(DcmItem &ds, const DcmTagKey &tag, const char *name, int64_t dflt
     if (ds.findAndGetElement(tag, elem).bad() || !elem || elem->getLengthField() == 0)
         return XR_OK;
     if (elem->getLengthField() > 64)
-        return fail(err, XR_E_INPUT, src, "value of %s (%04x,%04x) is %" PRIu32
-                    " bytes long but must be at most 12", name, tag.getGroup(),
-                    tag.getElement(), elem->getLengthField());
+        return fail(err, XR_E_INPUT, src,
+                    "value of %s (%04x,%04x) is %" PRIu32 " bytes long but must be at most 12",
+                    name, tag.getGroup(), tag.getElement(), elem->getLengthField());
     OFString value;
     if (!elem->isaString() || elem->getOFString(value, 0, OFTrue).bad())
         return fail(err, XR_E_INPUT, src, "cannot read the value of %s (%04x,%04x)", name,
@@ -240,6 +243,15 @@ xr_code fill_header(DcmFileFormat &ff, const Source &src, dicom_header *ret, xr_
                          err);
         if (rc != XR_OK)
             return rc;
+        /* The two UIDs come first in the table: garbage is called garbage, not "too long". */
+        if (&a == &string_attrs[1]) {
+            if (h.sop_class_uid[0] == '\0')
+                return fail(err, XR_E_INPUT, src,
+                            "not a DICOM file: no SOP Class UID (0008,0016) in the data set");
+            if (h.sop_instance_uid[0] == '\0')
+                return fail(err, XR_E_INPUT, src,
+                            "not a DICOM file: no SOP Instance UID (0008,0018) in the data set");
+        }
     }
     /* DX objects carry the side in Image Laterality; Laterality is the series-level one. */
     if (h.laterality[0] == '\0') {
@@ -259,16 +271,8 @@ xr_code fill_header(DcmFileFormat &ff, const Source &src, dicom_header *ret, xr_
     if (h.transfer_syntax_uid[0] == '\0') {
         DcmXfer xfer(ds->getOriginalXfer());
         if (xfer.getXfer() != EXS_Unknown)
-            snprintf(h.transfer_syntax_uid, sizeof(h.transfer_syntax_uid), "%s",
-                     xfer.getXferID());
+            snprintf(h.transfer_syntax_uid, sizeof(h.transfer_syntax_uid), "%s", xfer.getXferID());
     }
-
-    if (h.sop_class_uid[0] == '\0')
-        return fail(err, XR_E_INPUT, src,
-                    "not a DICOM file: no SOP Class UID (0008,0016) in the data set");
-    if (h.sop_instance_uid[0] == '\0')
-        return fail(err, XR_E_INPUT, src,
-                    "not a DICOM file: no SOP Instance UID (0008,0018) in the data set");
 
     int64_t v;
     if ((rc = get_is(*ds, DCM_SeriesNumber, "SeriesNumber", -1, INT32_MIN, INT32_MAX, &v, src,

@@ -35,7 +35,7 @@
     }                                                                                              \
     catch (const std::exception &e)                                                                \
     {                                                                                              \
-        return xr_error_set((err), XR_E_INTERNAL, "unexpected C++ exception: %s", e.what());      \
+        return xr_error_set((err), XR_E_INTERNAL, "unexpected C++ exception: %s", e.what());       \
     }                                                                                              \
     catch (...)                                                                                    \
     {                                                                                              \
@@ -49,9 +49,8 @@ namespace xrdicom
  * Fill err with code, the formatted message, then ": " and DCMTK's text for cond; the detail
  * keeps DCMTK's module and code ("DCMTK condition 0006:0317: ..."). Returns code.
  */
-__attribute__((format(printf, 4, 5))) xr_code error_from_condition(xr_error *err, xr_code code,
-                                                                    const OFCondition &cond,
-                                                                    const char *fmt, ...);
+__attribute__((format(printf, 4, 5))) xr_code
+error_from_condition(xr_error *err, xr_code code, const OFCondition &cond, const char *fmt, ...);
 
 /* The DCMTK text of cond with its first letter lowered when it starts a plain word. */
 void condition_text(const OFCondition &cond, char *buf, size_t n);

@@ -14,8 +14,9 @@
  *
  * Why not DcmSCPPool. In DCMTK 3.6.7 the pool binds its port inside listen(), i.e. in run(), not
  * in open(); it can only bind 0.0.0.0; and its stopAfterCurrentAssociations() is noticed only
- * when ASC_receiveAssociation times out. We keep DCMTK for everything above TCP: each connection
- * thread runs a DcmThreadSCP subclass (negotiation, DIMSE loop, release/abort handling).
+ * when ASC_receiveAssociation returns (its timeout in non-blocking mode, the next connection in
+ * blocking mode). We keep DCMTK for everything above TCP: each connection thread runs a
+ * DcmThreadSCP subclass (negotiation, DIMSE loop, release/abort handling).
  *
  * Handing an accepted socket to DCMTK. We bind and accept ourselves (so bind_address, IPv6 and
  * exact errno messages work). DCMTK 3.6.7 has exactly one way to take over an accepted socket:
@@ -38,17 +39,17 @@
  * on_store never sees it.
  *
  * What stock DCMTK 3.6.7 does when the disk fills during a bit-preserving receive
- * (DcmSCP::receiveSTORERequest(filename) or storescp --bit-preserving, both use
+ * (DcmSCP::receiveSTORERequest(filename) and storescp --bit-preserving both use
  * DIMSE_createFilestream + DcmOutputFileStream): the file stream writes through stdio. If a
  * buffered write fails mid-stream (ENOSPC/EFBIG), DIMSE_receiveDataSetInFile discards the rest of
- * the data set and returns "out of resources"; the file is deleted and the SCU gets A700
- * (storescp) or, with DcmSCP, no response at all: DcmSCP then aborts the association. But the
- * last stdio buffer is written only when the stream is destroyed, whose fclose() result 3.6.7
- * never checks (DcmOutputFileStream has no fclose() method before 3.6.8): when only that final
- * flush fails, the truncated file is kept and the SCU is told Success. Measured here with
- * storescp -B under "ulimit -f 512" (SIGXFSZ ignored) and a 525156-byte object: a 524288-byte
- * file and "Received Store Response (Success)". This is why we write with write(2), unbuffered,
- * check close(), and compare the byte count.
+ * the data set and returns "out of resources"; the file is deleted and storescp answers A700 (a
+ * DcmSCP subclass that returns that condition from handleIncomingCommand gets its association
+ * aborted by DcmSCP::handleAssociation instead). But the last stdio buffer is written only when
+ * the stream is destroyed, and that fclose() result is never checked (3.6.7's
+ * DcmOutputFileStream has no fclose() method): when only that final flush fails, the truncated
+ * file is kept and the SCU is told Success. Measured here with storescp -B under "ulimit -f 512"
+ * (SIGXFSZ ignored) and a 525156-byte object: a 524288-byte file and "Received Store Response
+ * (Success)". Hence our unbuffered write(2), the checked close(), and every byte counted.
  *
  * Thread rule: dicom_scp_open/run/free from one thread; stop and active from any thread.
  * Callbacks run on the connection threads, several at once.
@@ -111,37 +112,45 @@ using namespace xrdicom;
  * whole study. The pipeline decides later what it does with them.
  */
 static const char *const storage_sop_classes[] = {
-    UID_ComputedRadiographyImageStorage,                         /* 1.2.840.10008.5.1.4.1.1.1 */
-    UID_DigitalXRayImageStorageForPresentation,                  /* .1.1.1 */
-    UID_DigitalXRayImageStorageForProcessing,                    /* .1.1.1.1 */
-    UID_SecondaryCaptureImageStorage,                            /* .1.1.7 */
-    UID_MultiframeSingleBitSecondaryCaptureImageStorage,         /* .1.1.7.1 */
-    UID_MultiframeGrayscaleByteSecondaryCaptureImageStorage,     /* .1.1.7.2 */
-    UID_MultiframeGrayscaleWordSecondaryCaptureImageStorage,     /* .1.1.7.3 */
-    UID_MultiframeTrueColorSecondaryCaptureImageStorage,         /* .1.1.7.4 */
+    UID_ComputedRadiographyImageStorage,                     /* 1.2.840.10008.5.1.4.1.1.1 */
+    UID_DigitalXRayImageStorageForPresentation,              /* .1.1.1 */
+    UID_DigitalXRayImageStorageForProcessing,                /* .1.1.1.1 */
+    UID_SecondaryCaptureImageStorage,                        /* .1.1.7 */
+    UID_MultiframeSingleBitSecondaryCaptureImageStorage,     /* .1.1.7.1 */
+    UID_MultiframeGrayscaleByteSecondaryCaptureImageStorage, /* .1.1.7.2 */
+    UID_MultiframeGrayscaleWordSecondaryCaptureImageStorage, /* .1.1.7.3 */
+    UID_MultiframeTrueColorSecondaryCaptureImageStorage,     /* .1.1.7.4 */
     NULL,
 };
 
 /*
- * Preferred first: when a peer proposes several transfer syntaxes in one presentation context,
- * DCMTK accepts the first of ours that it proposed. Uncompressed first (the peer does the
- * decompression work; nothing is lost since a lossy original stays as lossy as it was), then
- * lossless compression, then lossy, so a lossless original is never accepted in a lossy syntax.
+ * Preferred first. This order only matters when a peer proposes several transfer syntaxes in
+ * one presentation context (storescu +C, some PACS): DCMTK then accepts the first of ours that
+ * the peer offered. Most senders propose one context per transfer syntax and pick the one that
+ * matches the object, which keeps it as it is stored. The order:
+ *   1. lossless compression that DCMTK 3.6.7 can decode (JPEG lossless, JPEG-LS lossless, RLE):
+ *      an object already in one of these arrives untouched, an uncompressed one at worst costs
+ *      the sender a lossless encode, and it takes less disk in the spool;
+ *   2. uncompressed: no loss, no codec needed; a lossy original offered with these is sent
+ *      decompressed, which loses nothing more;
+ *   3. JPEG 2000 lossless: lossless, but DCMTK 3.6.7 has no decoder for it;
+ *   4. lossy syntaxes last, so an original that is not lossy is never accepted lossy when the
+ *      sender offers anything else.
  */
 static const char *const storage_transfer_syntaxes[] = {
-    UID_LittleEndianExplicitTransferSyntax,       /* 1.2.840.10008.1.2.1 */
-    UID_LittleEndianImplicitTransferSyntax,       /* 1.2.840.10008.1.2 */
-    UID_BigEndianExplicitTransferSyntax,          /* 1.2.840.10008.1.2.2 */
+    UID_JPEGProcess14SV1TransferSyntax,               /* 1.2.840.10008.1.2.4.70 */
+    UID_JPEGProcess14TransferSyntax,                  /* 1.2.840.10008.1.2.4.57 */
+    UID_JPEGLSLosslessTransferSyntax,                 /* 1.2.840.10008.1.2.4.80 */
+    UID_RLELosslessTransferSyntax,                    /* 1.2.840.10008.1.2.5 */
+    UID_LittleEndianExplicitTransferSyntax,           /* 1.2.840.10008.1.2.1 */
     UID_DeflatedExplicitVRLittleEndianTransferSyntax, /* 1.2.840.10008.1.2.1.99 */
-    UID_JPEGProcess14SV1TransferSyntax,           /* 1.2.840.10008.1.2.4.70 */
-    UID_JPEGProcess14TransferSyntax,              /* 1.2.840.10008.1.2.4.57 */
-    UID_JPEGLSLosslessTransferSyntax,             /* 1.2.840.10008.1.2.4.80 */
-    UID_JPEG2000LosslessOnlyTransferSyntax,       /* 1.2.840.10008.1.2.4.90 */
-    UID_RLELosslessTransferSyntax,                /* 1.2.840.10008.1.2.5 */
-    UID_JPEGProcess1TransferSyntax,               /* 1.2.840.10008.1.2.4.50 */
-    UID_JPEGProcess2_4TransferSyntax,             /* 1.2.840.10008.1.2.4.51 */
-    UID_JPEGLSLossyTransferSyntax,                /* 1.2.840.10008.1.2.4.81 */
-    UID_JPEG2000TransferSyntax,                   /* 1.2.840.10008.1.2.4.91 */
+    UID_LittleEndianImplicitTransferSyntax,           /* 1.2.840.10008.1.2 */
+    UID_BigEndianExplicitTransferSyntax,              /* 1.2.840.10008.1.2.2 */
+    UID_JPEG2000LosslessOnlyTransferSyntax,           /* 1.2.840.10008.1.2.4.90 */
+    UID_JPEGProcess1TransferSyntax,                   /* 1.2.840.10008.1.2.4.50 */
+    UID_JPEGProcess2_4TransferSyntax,                 /* 1.2.840.10008.1.2.4.51 */
+    UID_JPEGLSLossyTransferSyntax,                    /* 1.2.840.10008.1.2.4.81 */
+    UID_JPEG2000TransferSyntax,                       /* 1.2.840.10008.1.2.4.91 */
     NULL,
 };
 
@@ -204,9 +213,9 @@ struct dicom_scp {
     DcmSharedSCPConfig dcm_config;
 
     std::mutex mu;
-    std::condition_variable idle;  /* signalled when n_threads drops to 0 */
-    unsigned n_threads = 0;        /* connection threads alive; guarded by mu */
-    unsigned n_serving = 0;        /* of those, the ones not over the limit; guarded by mu */
+    std::condition_variable idle;      /* signalled when n_threads drops to 0 */
+    unsigned n_threads = 0;            /* connection threads alive; guarded by mu */
+    unsigned n_serving = 0;            /* of those, the ones not over the limit; guarded by mu */
     std::atomic<unsigned> n_active{0}; /* copy of n_threads for dicom_scp_active */
     std::atomic<bool> running{false};
     std::atomic<uint64_t> file_counter{0};
@@ -267,8 +276,9 @@ class HandoffTransportLayer : public DcmTransportLayer
  * Output-stream consumer over a file descriptor with a byte budget. After the first failure
  * (write error or budget exceeded) it stops writing but keeps swallowing bytes and stays "good":
  * DCMTK then receives the data set to its end as usual and the association stays in step. (Had
- * we reported the failure, DIMSE_receiveDataSetInFile would call DIMSE_ignoreDataSet, which waits
- * for further PDVs even when the failing fragment was the last one.) The caller checks failed().
+ * we reported the failure, DIMSE_receiveDataSetInFile would call DIMSE_ignoreDataSet, which, as
+ * dimse.cc reads, waits for further PDVs even when the failing fragment was the last one.)
+ * The caller checks failed().
  */
 class FdConsumer : public DcmConsumer
 {
@@ -399,9 +409,8 @@ static OFCondition write_meta_header(DcmOutputStream &out, const T_DIMSE_C_Store
         meta.insert(e, OFTrue);
         e->putString(calling_ae);
     }
-    cond = meta.computeGroupLengthAndPadding(EGL_withGL, EPD_noChange,
-                                             META_HEADER_DEFAULT_TRANSFERSYNTAX,
-                                             EET_UndefinedLength);
+    cond = meta.computeGroupLengthAndPadding(
+        EGL_withGL, EPD_noChange, META_HEADER_DEFAULT_TRANSFERSYNTAX, EET_UndefinedLength);
     if (cond.bad())
         return cond;
     meta.transferInit();
@@ -451,7 +460,8 @@ static void copy_trimmed(char *dst, size_t size, const char *src)
 class AssocSCP : public DcmThreadSCP
 {
   public:
-    AssocSCP(Connection &conn, T_ASC_Association *assoc) : conn_(conn), scp_(*conn.scp), assoc_(assoc)
+    AssocSCP(Connection &conn, T_ASC_Association *assoc)
+        : conn_(conn), scp_(*conn.scp), assoc_(assoc)
     {
         const T_ASC_Parameters *p = assoc->params;
         copy_trimmed(calling_, sizeof(calling_), p->DULparams.callingAPTitle);
@@ -506,8 +516,8 @@ class AssocSCP : public DcmThreadSCP
             snprintf(text, sizeof(text), "refused (reason %d)", (int)reason);
             break;
         }
-        xr_log_debug("[assoc %" PRIu64 " \"%s\"@%s] rejecting association: %s", info_.id,
-                     calling_, conn_.peer, text);
+        xr_log_debug("[assoc %" PRIu64 " \"%s\"@%s] rejecting association: %s", info_.id, calling_,
+                     conn_.peer, text);
         DcmThreadSCP::refuseAssociation(reason);
         event(DICOM_ASSOC_REJECTED, text);
     }
@@ -523,11 +533,14 @@ class AssocSCP : public DcmThreadSCP
 
     void notifyReleaseRequest() override
     {
+        xr_log_debug("[assoc %" PRIu64 " \"%s\"@%s] released", info_.id, calling_, conn_.peer);
         event(DICOM_ASSOC_RELEASED, NULL);
     }
 
     void notifyAbortRequest() override
     {
+        xr_log_debug("[assoc %" PRIu64 " \"%s\"@%s] aborted by the peer", info_.id, calling_,
+                     conn_.peer);
         event(DICOM_ASSOC_ABORTED, "aborted by the peer");
     }
 
@@ -544,12 +557,20 @@ class AssocSCP : public DcmThreadSCP
     OFCondition handleIncomingCommand(T_DIMSE_Message *msg,
                                       const DcmPresentationContextInfo &pc) override
     {
-        if (msg->CommandField == DIMSE_C_STORE_RQ)
-            return handle_store(msg->msg.CStoreRQ, pc);
-        OFCondition cond = DcmThreadSCP::handleIncomingCommand(msg, pc);
-        if (cond.good() && msg->CommandField == DIMSE_C_ECHO_RQ)
-            event(DICOM_ASSOC_ECHO, NULL);
-        return cond;
+        /* No exception may unwind through DCMTK's frames: turn it into an abort. */
+        try {
+            if (msg->CommandField == DIMSE_C_STORE_RQ)
+                return handle_store(msg->msg.CStoreRQ, pc);
+            OFCondition cond = DcmThreadSCP::handleIncomingCommand(msg, pc);
+            if (cond.good() && msg->CommandField == DIMSE_C_ECHO_RQ)
+                event(DICOM_ASSOC_ECHO, NULL);
+            return cond;
+        } catch (const std::bad_alloc &) {
+            return EC_MemoryExhausted;
+        } catch (...) {
+            return makeDcmnetCondition(DIMSEC_RECEIVEFAILED, OF_error,
+                                       "unexpected C++ exception while handling a message");
+        }
     }
 
   private:
@@ -590,14 +611,34 @@ class AssocSCP : public DcmThreadSCP
                                    &bytes, &pdvs);
     }
 
+    /* A file being received: closed and removed on every way out unless handed to on_store. */
+    struct PartFile {
+        int fd = -1;
+        std::string path;
+        bool handed_over = false;
+        ~PartFile()
+        {
+            if (fd >= 0)
+                (void)::close(fd);
+            if (!handed_over && !path.empty())
+                (void)unlink(path.c_str());
+        }
+        /* close(2) now; 0 or its errno (NFS and quota report write errors here). */
+        int close_now()
+        {
+            int e = ::close(fd) == 0 ? 0 : errno;
+            fd = -1;
+            return e;
+        }
+    };
+
     /* Create "rcv-<pid>-<assoc>-<msg>-<n>.part" with O_EXCL; -1 and errno on failure. */
     int create_part_file(uint16_t message_id, std::string &path)
     {
         for (int attempt = 0; attempt < 16; attempt++) {
             char name[128];
-            snprintf(name, sizeof(name), "/rcv-%ld-%" PRIu64 "-%u-%" PRIu64 ".part",
-                     (long)getpid(), info_.id, (unsigned)message_id,
-                     scp_.file_counter.fetch_add(1) + 1);
+            snprintf(name, sizeof(name), "/rcv-%ld-%" PRIu64 "-%u-%" PRIu64 ".part", (long)getpid(),
+                     info_.id, (unsigned)message_id, scp_.file_counter.fetch_add(1) + 1);
             path = scp_.tmp_dir + name;
             int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0640);
             if (fd >= 0 || errno != EEXIST)
@@ -628,11 +669,11 @@ class AssocSCP : public DcmThreadSCP
             return respond(pcid, req, 0x0122, "SOP class not supported");
         }
 
-        std::string path;
-        int fd = create_part_file(req.MessageID, path);
+        PartFile part;
+        int fd = create_part_file(req.MessageID, part.path);
         if (fd < 0) {
-            xr_error_errno(&why, errno, "could not create a file in \"%s\"",
-                           scp_.tmp_dir.c_str());
+            part.path.clear(); /* not ours: maybe someone else's file (EEXIST) */
+            xr_error_errno(&why, errno, "could not create a file in \"%s\"", scp_.tmp_dir.c_str());
             why.dimse = DICOM_STATUS_OUT_OF_RESOURCES;
             OFCondition cond = ignore_data_set();
             store_failed(req.AffectedSOPInstanceUID, &why);
@@ -641,9 +682,9 @@ class AssocSCP : public DcmThreadSCP
             return respond(pcid, req, DICOM_STATUS_OUT_OF_RESOURCES, "cannot store the object");
         }
 
+        part.fd = fd;
         FdOutputStream out(fd, scp_.params.max_object_bytes);
-        OFCondition cond =
-            write_meta_header(out, req, pc.acceptedTransferSyntax.c_str(), calling_);
+        OFCondition cond = write_meta_header(out, req, pc.acceptedTransferSyntax.c_str(), calling_);
         const bool meta_ok = cond.good();
         if (!meta_ok) {
             error_from_condition(&why, XR_E_INTERNAL, cond, "could not build the meta header");
@@ -654,13 +695,12 @@ class AssocSCP : public DcmThreadSCP
             cond = DIMSE_receiveDataSetInFile(assoc_, DIMSE_NONBLOCKING,
                                               (int)scp_.params.dimse_timeout_s, &data_pcid, &out,
                                               NULL, NULL);
-        const int close_errno = close(fd) == 0 ? 0 : errno;
+        const int close_errno = part.close_now();
         const FdConsumer &file = out.consumer();
 
         if (cond.bad()) {
             /* Network failure, timeout or peer abort inside the data set: the association ends
              * (DcmSCP aborts it unless the peer already did). */
-            (void)unlink(path.c_str());
             if (meta_ok)
                 error_from_condition(&why, XR_E_IO, cond, "could not receive the data set");
             store_failed(req.AffectedSOPInstanceUID, &why);
@@ -668,7 +708,6 @@ class AssocSCP : public DcmThreadSCP
         }
         if (!meta_ok || file.failed() || close_errno) {
             /* The data set was received to its end (and dropped): answer and carry on. */
-            (void)unlink(path.c_str());
             const char *comment = "out of resources, retry later";
             uint16_t status = DICOM_STATUS_OUT_OF_RESOURCES;
             if (!meta_ok) {
@@ -681,14 +720,13 @@ class AssocSCP : public DcmThreadSCP
                 comment = "object too large";
             } else {
                 xr_error_errno(&why, file.write_errno() ? file.write_errno() : close_errno,
-                               "could not write \"%s\"", path.c_str());
+                               "could not write \"%s\"", part.path.c_str());
             }
             why.dimse = status;
             store_failed(req.AffectedSOPInstanceUID, &why);
             return respond(pcid, req, status, comment);
         }
         if (data_pcid != pcid) {
-            (void)unlink(path.c_str());
             xr_error_set(&why, XR_E_INPUT,
                          "data set came on presentation context %u, command on %u",
                          (unsigned)data_pcid, (unsigned)pcid);
@@ -704,8 +742,9 @@ class AssocSCP : public DcmThreadSCP
         sreq.sop_class_uid = req.AffectedSOPClassUID;
         sreq.sop_instance_uid = req.AffectedSOPInstanceUID;
         sreq.transfer_syntax_uid = pc.acceptedTransferSyntax.c_str();
-        sreq.path = path.c_str();
+        sreq.path = part.path.c_str();
         sreq.n_bytes = out.consumer().written();
+        part.handed_over = true; /* the callback renames or unlinks it, whatever happens next */
 
         char comment[256];
         memset(comment, 0, sizeof(comment));
@@ -763,7 +802,11 @@ static void serve_connection(Connection &conn)
         throw;
     }
     if (handoff_held) {
-        /* DCMTK never got as far as wrapping the socket: it is still ours. */
+        /*
+         * DCMTK never got as far as wrapping the socket (getpeername or setsockopt failed): it
+         * is still ours. (DCMTK closes it itself only on its TCP-wrapper path, which is off:
+         * dcmTCPWrapperDaemonName is never set.)
+         */
         handoff_release();
         close(conn.fd);
     }
@@ -845,8 +888,8 @@ static xr_code validate_params(const dicom_scp_params *p, xr_error *err)
                                 p->ae_title);
     }
     if (p->ae_title[0] == ' ' || p->ae_title[ae_len - 1] == ' ')
-        return xr_error_set(err, XR_E_CONFIG,
-                            "AE title \"%s\" must not start or end with a space", p->ae_title);
+        return xr_error_set(err, XR_E_CONFIG, "AE title \"%s\" must not start or end with a space",
+                            p->ae_title);
     if (p->port == 0)
         return xr_error_set(err, XR_E_CONFIG, "port 0 is not supported; use 1..65535");
     if (p->max_associations < 1 || p->max_associations > XR_MAX_ASSOCIATIONS_MAX)
@@ -962,53 +1005,52 @@ static void build_dcmtk_config(dicom_scp *scp)
 xr_code dicom_scp_open(const dicom_scp_params *params, dicom_scp **ret_scp, xr_error *err) noexcept
 {
     dicom_scp *scp = NULL;
-    DICOM_API_BEGIN
-    if (!params || !ret_scp) {
-        assert(!"dicom_scp_open: NULL argument");
-        return xr_error_set(err, XR_E_INTERNAL, "dicom_scp_open called with a NULL argument");
-    }
-    xr_code rc = validate_params(params, err);
-    if (rc != XR_OK)
-        return rc;
+    try {
+        if (!params || !ret_scp) {
+            assert(!"dicom_scp_open: NULL argument");
+            return xr_error_set(err, XR_E_INTERNAL, "dicom_scp_open called with a NULL argument");
+        }
+        xr_code rc = validate_params(params, err);
+        if (rc != XR_OK)
+            return rc;
 
-    scp = new dicom_scp();
-    scp->ae_title = params->ae_title;
-    scp->bind_address = params->bind_address ? params->bind_address : "";
-    scp->tmp_dir = params->tmp_dir;
-    while (scp->tmp_dir.size() > 1 && scp->tmp_dir.back() == '/')
-        scp->tmp_dir.pop_back();
-    scp->params = *params;
-    scp->params.ae_title = scp->ae_title.c_str();
-    scp->params.bind_address = scp->bind_address.c_str();
-    scp->params.tmp_dir = scp->tmp_dir.c_str();
+        scp = new dicom_scp();
+        scp->ae_title = params->ae_title;
+        scp->bind_address = params->bind_address ? params->bind_address : "";
+        scp->tmp_dir = params->tmp_dir;
+        while (scp->tmp_dir.size() > 1 && scp->tmp_dir.back() == '/')
+            scp->tmp_dir.pop_back();
+        scp->params = *params;
+        scp->params.ae_title = scp->ae_title.c_str();
+        scp->params.bind_address = scp->bind_address.c_str();
+        scp->params.tmp_dir = scp->tmp_dir.c_str();
 
-    build_dcmtk_config(scp);
+        build_dcmtk_config(scp);
+        /* Also set by dicom_global_init; numeric peer addresses, no reverse DNS per association. */
+        dcmDisableGethostbyaddr.set(OFTrue);
 
-    rc = open_listener(scp, err);
-    if (rc != XR_OK) {
-        scp = dicom_scp_free(scp);
-        return rc;
-    }
-    scp->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (scp->stop_fd < 0) {
-        rc = xr_error_errno(err, errno, "could not create an eventfd");
-        scp = dicom_scp_free(scp);
-        return rc;
-    }
-    xr_log_debug("dicom: storage SCP \"%s\" listening on %s", scp->ae_title.c_str(),
-                 scp->listen_desc);
-    *ret_scp = scp;
-    return XR_OK;
-    }
-    catch (const std::bad_alloc &) {
+        rc = open_listener(scp, err);
+        if (rc != XR_OK) {
+            scp = dicom_scp_free(scp);
+            return rc;
+        }
+        scp->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        if (scp->stop_fd < 0) {
+            rc = xr_error_errno(err, errno, "could not create an eventfd");
+            scp = dicom_scp_free(scp);
+            return rc;
+        }
+        xr_log_debug("dicom: storage SCP \"%s\" listening on %s", scp->ae_title.c_str(),
+                     scp->listen_desc);
+        *ret_scp = scp;
+        return XR_OK;
+    } catch (const std::bad_alloc &) {
         scp = dicom_scp_free(scp);
         return xr_error_set(err, XR_E_NOMEM, "out of memory");
-    }
-    catch (const std::exception &e) {
+    } catch (const std::exception &e) {
         scp = dicom_scp_free(scp);
         return xr_error_set(err, XR_E_INTERNAL, "unexpected C++ exception: %s", e.what());
-    }
-    catch (...) {
+    } catch (...) {
         scp = dicom_scp_free(scp);
         return xr_error_set(err, XR_E_INTERNAL, "unexpected C++ exception of unknown type");
     }
@@ -1017,8 +1059,8 @@ xr_code dicom_scp_open(const dicom_scp_params *params, dicom_scp **ret_scp, xr_e
 /* Numeric peer address; IPv4-mapped IPv6 shown as plain IPv4. */
 static void peer_name(const struct sockaddr_storage *ss, socklen_t len, char *out, size_t n)
 {
-    if (getnameinfo((const struct sockaddr *)ss, len, out, (socklen_t)n, NULL, 0,
-                    NI_NUMERICHOST) != 0) {
+    if (getnameinfo((const struct sockaddr *)ss, len, out, (socklen_t)n, NULL, 0, NI_NUMERICHOST) !=
+        0) {
         snprintf(out, n, "?");
         return;
     }

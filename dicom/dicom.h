@@ -39,9 +39,12 @@ extern "C" {
 #define DICOM_STATUS_PROCESSING_FAILURE 0x0110  /* Failure: Processing failure */
 
 /*
- * Route DCMTK's own logging (oflog) to xr_log at debug level, load the data dictionary, register
- * the codecs needed to read compressed objects. Call once from main() before any thread starts.
- * Returns XR_E_CONFIG if the data dictionary cannot be loaded.
+ * Route DCMTK's own logging (oflog) to xr_log at debug level ("dcmtk WARN: ..."; nothing of DCMTK
+ * reaches stderr any more), load the data dictionary, register the decoders needed to read
+ * compressed objects (JPEG, JPEG-LS, RLE; DCMTK 3.6.7 has none for JPEG 2000). Also turns off
+ * DCMTK's reverse DNS lookups and lets DCMTK set SIGPIPE to SIG_IGN, as its first network
+ * initialization does. Call once from main() before any thread starts; a second call does
+ * nothing. Returns XR_E_CONFIG if the data dictionary cannot be loaded.
  */
 __attribute__((warn_unused_result)) xr_code dicom_global_init(xr_error *err) DICOM_NOEXCEPT;
 /* Undo dicom_global_init (codec deregistration); call once at exit after all threads ended. */
@@ -61,16 +64,18 @@ typedef struct dicom_assoc_info {
 } dicom_assoc_info;
 
 typedef enum dicom_assoc_event {
-    DICOM_ASSOC_ACCEPTED,   /* association negotiated; detail = number of accepted contexts */
-    DICOM_ASSOC_REJECTED,   /* rejected at negotiation; detail = reason text */
-    DICOM_ASSOC_RELEASED,   /* ended by A-RELEASE */
-    DICOM_ASSOC_ABORTED,    /* ended by A-ABORT from either side or a network error */
-    DICOM_ASSOC_ECHO,       /* a C-ECHO was answered */
+    DICOM_ASSOC_ACCEPTED,   /* association negotiated; text = number of accepted contexts ("3") */
+    DICOM_ASSOC_REJECTED,   /* rejected at negotiation; text = reason ("called AE title ...") */
+    DICOM_ASSOC_RELEASED,   /* ended by A-RELEASE; text NULL */
+    DICOM_ASSOC_ABORTED,    /* ended by A-ABORT from either side or a network error; text why */
+    DICOM_ASSOC_ECHO,       /* a C-ECHO was answered; text NULL */
     DICOM_ASSOC_EVENT_MAX,
 } dicom_assoc_event;
 
 /*
  * Called on the association's thread for each event; text may be NULL. Must not block for long.
+ * Several associations call it at once. A TCP connection that closes or times out before sending
+ * an A-ASSOCIATE-RQ (load balancer probe, port scan) is no association and gives no event.
  */
 typedef void (*dicom_assoc_fn)(void *userdata, const dicom_assoc_info *assoc,
                                dicom_assoc_event event, const char *text);
@@ -85,7 +90,9 @@ typedef struct dicom_store_request {
     /*
      * A closed file in tmp_dir holding the object as received: a Part-10 file (meta header, then
      * the data set bytes exactly as they came over the network, in transfer_syntax_uid). The file
-     * is not yet fsync'd. The callback owns it from now on: it must rename or unlink it.
+     * is not yet fsync'd. The callback owns it from now on: it must rename or unlink it. Named
+     * "rcv-<pid>-<assoc id>-<message id>-<n>.part", mode 0640 (less the umask); whatever such
+     * files a crash leaves behind in tmp_dir are garbage.
      */
     const char *path;
     uint64_t n_bytes; /* size of that file */
@@ -94,7 +101,9 @@ typedef struct dicom_store_request {
 /*
  * Decide the fate of a received object and return the DIMSE status to send back. comment (of
  * comment_bytes, NUL-terminated by the callee) may receive a short safe Error Comment (0000,0902),
- * sent only with failure statuses. Called on the association's thread; may block for fsync.
+ * sent only with failure statuses (not with 0000, warnings or pending), cut to 64 characters,
+ * control characters and backslashes replaced by spaces. Called on the association's thread,
+ * several at once; may block for fsync.
  */
 typedef uint16_t (*dicom_store_fn)(void *userdata, const dicom_store_request *req, char *comment,
                                    size_t comment_bytes);
@@ -102,20 +111,31 @@ typedef uint16_t (*dicom_store_fn)(void *userdata, const dicom_store_request *re
 /*
  * Called when a C-STORE could not be received into tmp_dir (write error, disk full, object over
  * max_object_bytes, network failure mid-transfer). The SCP has already removed any partial file
- * and answers A700 when the association is still usable. Optional.
+ * and answers A700 when the association is still usable. Optional. why->code says what:
+ *   XR_E_IO with sys_errno (ENOSPC, EFBIG, EIO...): the file could not be created or written; A700
+ *   XR_E_LIMIT: the object is larger than max_object_bytes; A700
+ *   XR_E_IO with sys_errno 0: the network failed or timed out inside the data set; the
+ *     association is aborted, no response is sent
+ *   XR_E_UNSUPPORTED: a SOP class sent on a presentation context of another one; 0122
+ *   XR_E_INPUT: the data set came on another presentation context than its command; aborted
+ *   XR_E_INTERNAL: DCMTK could not build the meta header; 0110
+ * why->dimse is the status sent (0 when none was).
  */
 typedef void (*dicom_store_failed_fn)(void *userdata, const dicom_assoc_info *assoc,
                                       const char *sop_instance_uid, const xr_error *why);
 
 typedef struct dicom_scp_params {
     const char *ae_title;       /* called AE title to accept; others are rejected (reason 7) */
-    const char *bind_address;   /* numeric IPv4/IPv6 address or NULL/"" for all interfaces */
-    uint16_t port;
-    unsigned max_associations;  /* concurrent associations; more are rejected (transient) */
+    const char *bind_address;   /* numeric IPv4/IPv6 address; NULL/"" = 0.0.0.0 (IPv4 only),
+                                 * "::" = IPv6 and, as the kernel's bindv6only allows, IPv4 */
+    uint16_t port;              /* 1..65535; 0 (any port) is not supported */
+    unsigned max_associations;  /* concurrent associations; more are rejected (transient, local
+                                 * limit exceeded); past 4 more at once, connections are closed */
     uint32_t max_pdu_bytes;     /* our maximum receive PDU */
     unsigned acse_timeout_s;    /* association negotiation and release */
     unsigned dimse_timeout_s;   /* waiting for the next message / data on an association */
-    uint64_t max_object_bytes;  /* refuse larger objects with A700 */
+    uint64_t max_object_bytes;  /* refuse larger objects with A700: counts the file written,
+                                 * meta header included; the rest is received and dropped */
     const char *tmp_dir;        /* where received objects are written; must exist */
     dicom_store_fn on_store;    /* required */
     dicom_store_failed_fn on_store_failed; /* optional */
@@ -123,7 +143,10 @@ typedef struct dicom_scp_params {
     void *userdata;
 } dicom_scp_params;
 
-/* All defaults: AE "XREG", port 11112, 16 associations, 64 KiB PDU, 30 s/60 s timeouts. */
+/*
+ * All defaults: AE "XREG", all interfaces, port 11112, 16 associations, 64 KiB PDU, 30 s/60 s
+ * timeouts, 1 GiB objects. tmp_dir and on_store have no default.
+ */
 dicom_scp_params dicom_scp_params_default(void) DICOM_NOEXCEPT;
 
 /*
@@ -136,13 +159,18 @@ __attribute__((warn_unused_result)) xr_code dicom_scp_open(const dicom_scp_param
                                                            xr_error *err) DICOM_NOEXCEPT;
 /*
  * Accept and serve associations until dicom_scp_stop, each on its own thread. Returns XR_OK
- * after a stop once every association in flight has ended. Call from one thread only.
+ * after a stop once every association in flight has ended. Call from one thread only, and once:
+ * the stop closes the listening socket (peers still queued are refused), so a stopped SCP is
+ * freed, not run again (XR_E_INTERNAL). A stop that comes before run() makes it return at once.
  */
 __attribute__((warn_unused_result)) xr_code dicom_scp_run(dicom_scp *scp,
                                                           xr_error *err) DICOM_NOEXCEPT;
-/* Ask run() to stop accepting and to return once current associations end. Any thread. */
+/*
+ * Ask run() to stop accepting and to return once current associations end (an idle one ends at
+ * dimse_timeout_s at the latest). Any thread; also safe in a signal handler (one write(2)).
+ */
 void dicom_scp_stop(dicom_scp *scp) DICOM_NOEXCEPT;
-/* Number of associations in progress. Any thread. */
+/* Number of connections in progress, those being rejected included. Any thread. */
 unsigned dicom_scp_active(const dicom_scp *scp) DICOM_NOEXCEPT;
 /* Close the socket and free; accepts NULL; returns NULL. Not while run() is running. */
 dicom_scp *dicom_scp_free(dicom_scp *scp) DICOM_NOEXCEPT;
@@ -156,13 +184,16 @@ const char *const *dicom_storage_transfer_syntaxes(void) DICOM_NOEXCEPT;
  * Reading headers
  */
 
-/* Values copied from a data set; empty strings for absent attributes, trailing padding removed. */
+/*
+ * Values copied from a data set (the top level only, not from sequences); empty strings for
+ * absent attributes, padding removed, character set not converted (raw bytes of the value).
+ */
 typedef struct dicom_header {
     char sop_class_uid[65];
     char sop_instance_uid[65];
     char study_instance_uid[65];
     char series_instance_uid[65];
-    char transfer_syntax_uid[65];  /* from the file meta information */
+    char transfer_syntax_uid[65];  /* from the file meta information (detected if it has none) */
     char patient_id[65];
     char issuer_of_patient_id[65];
     char patient_name[325];        /* PN: up to 64 chars per component group, 5 groups */
@@ -176,35 +207,38 @@ typedef struct dicom_header {
     char modality[17];
     char body_part_examined[17];
     char view_position[17];
-    char laterality[17];
+    char laterality[17];           /* Laterality, else Image Laterality (0020,0062) */
     char manufacturer[65];
     char institution_name[65];
     int32_t series_number;   /* -1 if absent */
     int32_t instance_number; /* -1 if absent */
     uint32_t rows;           /* 0 if absent */
     uint32_t columns;
-    uint32_t number_of_frames; /* 1 if absent */
+    uint32_t number_of_frames; /* 1 if absent; present and < 1 is an error */
     uint16_t bits_allocated;
     uint16_t bits_stored;
     uint16_t samples_per_pixel;
     char photometric_interpretation[17];
     char specific_character_set[65];
-    bool has_pixel_data;
+    bool has_pixel_data;     /* (7FE0,0010) present; its value is never loaded */
 } dicom_header;
 
 /*
  * Parse the Part-10 file at path (or a raw data set in implicit VR little endian without meta
- * header) up to, not including, the pixel data, and fill *ret. Values longer than the fields
- * are an XR_E_INPUT error naming the attribute. Returns XR_E_INPUT for a file that is not DICOM
- * ("\"x\": not a DICOM file: ..."), XR_E_IO if it cannot be read.
+ * header) and fill *ret. The whole structure is checked, but no value longer than 4 KiB (pixel
+ * data) is loaded into memory. Values longer than the fields, IS values that are not integers,
+ * US attributes of another VR are XR_E_INPUT errors naming the attribute. Returns XR_E_INPUT for
+ * a file that is not DICOM ("\"x\": not a DICOM file: ..."; also for a truncated file, an
+ * empty one, one without SOP Class or SOP Instance UID, or one that is not a regular file),
+ * XR_E_IO if it cannot be opened. *ret is written only on success. Reentrant.
  */
 __attribute__((warn_unused_result)) xr_code dicom_header_read(const char *path, dicom_header *ret,
                                                               xr_error *err) DICOM_NOEXCEPT;
-/* Same, from a buffer holding a whole Part-10 file. */
+/* Same, from a buffer holding a whole Part-10 file (or bare data set); messages carry no path. */
 __attribute__((warn_unused_result)) xr_code dicom_header_read_buffer(const void *data, size_t n,
                                                                      dicom_header *ret,
                                                                      xr_error *err) DICOM_NOEXCEPT;
-/* Name of a well-known UID ("CR Image Storage"), or NULL. Static storage. */
+/* DCMTK's name of a well-known UID ("ComputedRadiographyImageStorage"), or NULL. Static. */
 const char *dicom_uid_name(const char *uid) DICOM_NOEXCEPT;
 
 #ifdef __cplusplus

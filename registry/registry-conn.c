@@ -193,7 +193,7 @@ static xr_code connection_failed(PGconn *conn, xr_error *err, const char *what)
 {
     if (!err)
         return XR_E_TRANSIENT;
-    xr_error_set(err, XR_E_TRANSIENT, "x");
+    xr_error_set(err, XR_E_TRANSIENT, "connection failed"); /* replaced just below */
     set_message_lines(err, conn ? PQerrorMessage(conn) : "out of memory");
     xr_error_prefix(err, "%s: ", what);
     return XR_E_TRANSIENT;

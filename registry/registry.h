@@ -9,10 +9,19 @@
  *     }
  *     reg = registry_close(reg);
  *
- * Thread rule: a registry handle is used by one thread at a time (one PGconn per worker).
+ * Thread rule: a registry handle is used by one thread at a time (one PGconn per worker);
+ * different handles may be used from different threads at once. Calls block on the network:
+ * connecting waits at most connect_timeout (10 s unless the connection string sets it).
  * Errors: XR_E_TRANSIENT when retrying may work (connection lost or refused, SQLSTATE class 08,
- * 40001, 40P01, class 53, 57P01-57P03); other database errors are permanent (XR_E_INPUT for data
- * errors such as class 22/23, XR_E_INTERNAL otherwise), with err->sqlstate set.
+ * 40001, 40P01, class 53, 57P01-57P03, 57P05, 57014 statement timeout/cancel, 55P03 lock
+ * timeout); XR_E_CONFIG for what an operator must fix (class 28 authentication, 3D000 unknown
+ * database, 42501 missing privilege); other database errors are permanent (XR_E_INPUT for data
+ * errors, class 22/23, XR_E_INTERNAL otherwise), with err->sqlstate set. err->msg is one line
+ * (the server's primary message with context in front); err->detail has the server's DETAIL,
+ * HINT and CONTEXT, or the rest of libpq's message.
+ * After a lost connection the handle stays valid: the next call reconnects (PQreset), and the
+ * write functions retry once by themselves when the connection turns out to have died while
+ * idle (server restarted since the last call).
  */
 #pragma once
 
@@ -35,9 +44,14 @@ typedef struct registry_migration {
 } registry_migration;
 
 /*
- * Connect with a libpq connection string (may be "" for libpq's defaults/environment).
- * application_name is shown in pg_stat_activity. A connection that fails returns XR_E_TRANSIENT
- * (the server may come back) and no handle; a malformed conninfo returns XR_E_CONFIG.
+ * Connect with a libpq connection string (key=value or postgresql:// URI; may be "" for libpq's
+ * defaults/environment). application_name (may be NULL) is shown in pg_stat_activity and wins
+ * over one in conninfo; the client encoding is always UTF8. A connection that fails returns
+ * XR_E_TRANSIENT (the server may come back) and no handle; a malformed conninfo (syntax, unknown
+ * keyword) returns XR_E_CONFIG. libpq checks option values (port=abc, sslmode=bogus) and
+ * reports a wrong password or database only while connecting and without an error code, so
+ * those come back as XR_E_TRANSIENT with libpq's text in err. A server older than PostgreSQL 12
+ * is XR_E_CONFIG. On success *ret_reg receives a handle to free with registry_close.
  */
 __attribute__((warn_unused_result)) xr_code registry_open(const char *conninfo,
                                                           const char *application_name,
@@ -45,8 +59,9 @@ __attribute__((warn_unused_result)) xr_code registry_open(const char *conninfo,
 /* Close and free; accepts NULL; returns NULL. */
 registry *registry_close(registry *reg);
 /*
- * Make sure the connection is usable, reconnecting (once) if it was lost. XR_E_TRANSIENT when
- * the server cannot be reached.
+ * Make sure the connection is usable, reconnecting (once, with PQreset) if it is known to be
+ * lost. XR_E_TRANSIENT when the server cannot be reached. A connection that died while idle is
+ * only noticed by the next command, so XR_OK here does not promise the next call succeeds.
  */
 __attribute__((warn_unused_result)) xr_code registry_ensure_connected(registry *reg,
                                                                       xr_error *err);
@@ -57,24 +72,33 @@ __attribute__((warn_unused_result)) xr_code registry_ensure_connected(registry *
  * concurrent callers serialize. A recorded migration whose sha256 differs from the given text is
  * an XR_E_CONFIG error naming it ("migration \"0001_init.sql\" was changed after it was
  * applied"); so is a recorded migration missing from the list. Migration names must be strictly
- * increasing. *ret_applied (optional) receives how many were applied now.
+ * increasing (bytewise), else XR_E_INTERNAL before any database work. A migration must not
+ * contain BEGIN/COMMIT or commands that cannot run inside a transaction block; one that fails is
+ * rolled back whole and stops the run (the earlier ones stay applied). The lock is released on
+ * every path. *ret_applied (optional) receives how many were applied now, on success only.
  */
 __attribute__((warn_unused_result)) xr_code registry_migrate(registry *reg,
                                                              const registry_migration *migrations,
                                                              size_t n_migrations,
                                                              unsigned *ret_applied, xr_error *err);
 
-/* One received DICOM instance; strings may be "" (stored as NULL) but never NULL. */
+/*
+ * One received DICOM instance. Strings are UTF-8; "" (or NULL) means absent and is stored as SQL
+ * NULL, except patient_id and issuer_of_patient_id, where "" is a valid key (the anonymous
+ * patient). Unsigned counts (rows ... samples_per_pixel) use 0 for absent; rows, columns and
+ * number_of_frames must fit in int32 (XR_E_INPUT otherwise).
+ */
 typedef struct registry_instance {
-    const char *sop_instance_uid;    /* required */
-    const char *sop_class_uid;       /* required */
-    const char *series_instance_uid; /* required */
-    const char *study_instance_uid;  /* required */
+    const char *sop_instance_uid;    /* required, at most XR_UID_MAX (64) characters */
+    const char *sop_class_uid;       /* required, ditto */
+    const char *series_instance_uid; /* required, ditto */
+    const char *study_instance_uid;  /* required, ditto */
     const char *transfer_syntax_uid;
     const char *patient_id;
     const char *issuer_of_patient_id;
     const char *patient_name;
-    const char *patient_birth_date; /* DICOM DA "YYYYMMDD" or ""; invalid dates stored as NULL */
+    const char *patient_birth_date; /* DICOM DA "YYYYMMDD" (or legacy "YYYY.MM.DD") or "";
+                                       invalid dates are stored as NULL, not refused */
     const char *patient_sex;
     const char *study_date; /* DA */
     const char *study_time; /* TM "HHMMSS.FFFFFF" or a prefix of it */
@@ -97,7 +121,8 @@ typedef struct registry_instance {
     uint16_t bits_stored;
     uint16_t samples_per_pixel;
     uint64_t n_bytes;        /* size of the received file */
-    int64_t received_at_us;  /* Unix time in microseconds when the C-STORE was acknowledged */
+    int64_t received_at_us;  /* Unix time in microseconds when the C-STORE was acknowledged;
+                                0: the database's now(); negative: XR_E_INPUT */
     const char *calling_ae;
     const char *called_ae;
     const char *peer_host;
@@ -108,9 +133,16 @@ typedef struct registry_instance {
  * Upsert patient, study, series and instance in one transaction, together with the audit rows
  * the triggers write, tagging the transaction with actor (application context such as
  * "dicom:CR01@10.0.0.5" or "cli:alice"). Idempotent on SOP Instance UID: the same object again
- * changes nothing and writes no audit row; *ret_inserted (optional) tells whether the instance
- * row is new. Header fields that changed since the first reception are updated (audited); the
- * first reception's received_at, calling AE and peer are kept.
+ * changes nothing and writes no audit row; *ret_inserted (optional, written on success) tells
+ * whether the instance row is new. Header fields that changed since the first reception are
+ * updated (audited); the first reception's received_at, calling/called AE, peer and spool id are
+ * kept. Patient, study and series rows take changed values too, but an absent value ("") never
+ * erases one another instance provided. actor may be NULL (recorded as NULL).
+ * Missing or too long required UIDs and out-of-range numbers are XR_E_INPUT before the database
+ * is touched. On a database error the transaction is rolled back; serialization failures,
+ * deadlocks and unique-key races are retried a few times inside, a connection that died while
+ * idle once. If a COMMIT's acknowledgement is lost and the retry finds the row, *ret_inserted is
+ * false although this call inserted it.
  */
 __attribute__((warn_unused_result)) xr_code registry_instance_upsert(registry *reg,
                                                                      const registry_instance *inst,
@@ -132,13 +164,21 @@ typedef struct registry_rejection {
     const char *path;             /* where the object is kept */
 } registry_rejection;
 
-/* Record a rejection (audited, in one transaction); idempotent on spool_id. */
+/*
+ * Record a rejection (audited, in one transaction); idempotent on spool_id (the first record
+ * stays). XR_E_INPUT if spool_id is missing; received_at_us as in registry_instance; errors and
+ * retries as registry_instance_upsert.
+ */
 __attribute__((warn_unused_result)) xr_code registry_rejection_record(registry *reg,
                                                                       const registry_rejection *rej,
                                                                       const char *actor,
                                                                       xr_error *err);
 
-/* Classify a SQLSTATE (5 characters) as the xr_code a caller should act on. Pure function. */
+/*
+ * Classify a SQLSTATE (5 characters) as the xr_code a caller should act on (see the table at the
+ * top). "00000" is XR_OK; anything that is not five digits or upper-case letters is
+ * XR_E_INTERNAL. Pure function, any thread.
+ */
 xr_code registry_sqlstate_code(const char *sqlstate);
 
 #ifdef __cplusplus

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 
 import pytest
 
@@ -106,7 +105,7 @@ def dcmtk() -> None:
 
 @pytest.fixture
 def make_xregd(request, xregd_exe, xregctl_exe, dcmtk, db, workdir):
-    """make_xregd(name="xregd", migrate=True, start=True, **config overrides) -> Xregd.
+    """make_xregd(name="xregd", migrate_first=True, start=True, **config overrides) -> Xregd.
 
     The instance uses this test's database and a free port; migrations are applied with
     `xregctl migrate` before the first start. All instances are stopped at teardown and the test

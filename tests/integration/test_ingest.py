@@ -9,7 +9,7 @@ import pytest
 
 import dicomgen
 from dicomgen import SOP, TS_NAMES
-from xregtest import (CALLING_AE, SHARED_DATA, CI, need, pending_objects, storescu, tool, wait_registered,
+from xregtest import (CALLING_AE, SHARED_DATA, need, pending_objects, storescu, tool, wait_registered,
                       wait_until)
 
 INSTANCE_COLUMNS = ("sop_instance_uid, series_instance_uid, study_instance_uid, patient_id, modality, "
@@ -50,6 +50,7 @@ def test_200_objects_over_4_associations_registered_once_even_when_resent(xregd,
     assert len(acked) == 200
     wait_registered(db, acked, 90, xregd)
     wait_spool_drained(xregd)
+    assert not xregd.spool_files("tmp"), "partial receptions left in tmp/ after every object was acknowledged"
 
     rows = instance_rows(db)
     assert set(rows) == acked, "xreg.instances holds other instances than the ones sent"

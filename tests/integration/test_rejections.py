@@ -9,7 +9,8 @@ from pydicom.uid import generate_uid
 import dicomgen
 import rawscu
 from dicomgen import SOP, TS
-from xregtest import CALLING_AE, Size, dimse_status, echoscu, storescu, wait_registered, wait_until
+from xregtest import (CALLING_AE, Size, dimse_status, echoscu, pending_objects, storescu, wait_registered,
+                      wait_until)
 
 
 def send_raw(d, sop_class: str, sop_instance: str, data: bytes, ts: str = TS.EXPLICIT_LE) -> rawscu.DimseResponse:
@@ -43,7 +44,9 @@ def check_rejection(d, db, *, status: int, sop_class: str, sop_instance: str | N
     assert why.is_file() and why.read_text().strip(), f"{why} missing or empty"
     assert str(path).endswith(f"{spool_id}.dcm"), f"rejection.path {path!r}"
     assert payload in dcm.read_bytes(), "the rejected file does not hold the bytes received"
-    assert [p.name for p in d.spool_files("rejected")] == sorted([dcm.name, why.name])
+    assert {p.name.split(".", 1)[0] for p in d.spool_files("rejected")} == {spool_id}, \
+        f"rejected/ should hold this one object: {[p.name for p in d.spool_files('rejected')]}"
+    assert not pending_objects(d), "a rejected object is also waiting in the spool"
     assert db.count("xreg.audit_log", "table_name = 'rejection' AND action = 'INSERT'") == 1
     assert db.count("xreg.instances") == 0, "a rejected object reached xreg.instances"
     assert db.count("xreg.instance") == 0

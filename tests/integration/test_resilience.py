@@ -11,8 +11,8 @@ import pytest
 import dicomgen
 import rawscu
 from dicomgen import SOP, TS
-from xregtest import (CALLING_AE, Size, StorescuBatch, echoscu, pending_objects, processes_mentioning, storescu,
-                      wait_registered, wait_until)
+from xregtest import (CALLING_AE, Size, StorescuBatch, echoscu, pending_objects, processes_mentioning,
+                      stop_stray_clusters, storescu, wait_registered, wait_until)
 
 
 def audit_inserts(db) -> int:
@@ -54,16 +54,26 @@ def test_postgresql_down_during_burst(xregd, db, pg, gen, workdir):
     assert db.count("xreg.rejection") == 0
 
 
-def test_sigkill_during_burst_loses_no_acknowledged_object(xregd, db, gen, workdir):
+@pytest.mark.parametrize("database", ["up", "down"])
+def test_sigkill_during_burst_loses_no_acknowledged_object(database, xregd, db, pg, gen, workdir):
+    """300 objects over 3 associations, SIGKILL after ~50 acknowledgements, restart, resend nothing:
+    every object acknowledged with Success ends up registered exactly once. With the database
+    down during the burst every acknowledged object is still only in the spool when the kill
+    lands (with it up, fast workers may have registered most of them already)."""
     files = gen(300, rows=128, columns=128, n_patients=6)  # ~33 KiB each
     uid_of = {str(f.path): f.sop_instance_uid for f in files}
-    batch = StorescuBatch(xregd.port, files, parallel=3, workdir=workdir / "scu")
+    if database == "down":
+        pg.stop()
     try:
-        wait_until(lambda: batch.n_acked() >= 50 or all(p.poll() is not None for p in batch.procs), 120,
-                   "50 acknowledged objects", interval=0.02)
-        xregd.kill()
+        batch = StorescuBatch(xregd.port, files, parallel=3, workdir=workdir / "scu")
+        try:
+            wait_until(lambda: batch.n_acked() >= 50 or all(p.poll() is not None for p in batch.procs), 120,
+                       "50 acknowledged objects", interval=0.02)
+            xregd.kill()
+        finally:
+            run = batch.wait(120)
     finally:
-        run = batch.wait(120)
+        pg.ensure_up()
     acked = run.acked_uids(uid_of)
     assert len(acked) >= 50, run.describe_failures()
     assert len(acked) < 300, "every object was acknowledged before the kill: the test did not kill mid-burst"
@@ -127,8 +137,20 @@ def embedded_connect(state_dir):
     return conn
 
 
-def test_embedded_postgresql_default(make_xregd, gen, workdir):
+@pytest.fixture
+def embedded(make_xregd):
     d = make_xregd("embedded", migrate_first=False, start=False, database={"conninfo": ""})
+    yield d
+    try:
+        if d.running:
+            d.stop(timeout=90)
+    finally:
+        stray = stop_stray_clusters(d.state_dir)  # after a failure: no orphaned postmaster
+    assert not stray, f"embedded cluster still running after xregd ended (pids {stray})"
+
+
+def test_embedded_postgresql_default(embedded, gen, workdir):
+    d = embedded
     d.start(timeout=180)  # initdb + start + migrations
     files = gen(3, n_patients=1)
     run = storescu(d.port, files, workdir=workdir / "scu")

@@ -433,7 +433,12 @@ class Xregd:
         return self
 
     def wait_ready(self, timeout: float | None = None) -> None:
+        """Wait for READY=1 from xregd's main process. With XREG_TEST_READY=echo in the
+        environment (a stop-gap for a build without sd_notify), wait for a C-ECHO answer instead;
+        test_association still insists on READY=1."""
         timeout = timeout or self.READY_TIMEOUT
+        if os.environ.get("XREG_TEST_READY") == "echo":
+            return self._wait_echo(timeout)
         deadline = time.monotonic() + timeout
         with self._cond:
             while not self.notified("READY=1"):
@@ -450,6 +455,18 @@ class Xregd:
             raise XregdError(f"xregd sent no READY=1 within {timeout:g} s (NOTIFY_SOCKET={self.notify_path}); "
                              f"notifications: {[(pid, m) for _t, _n, pid, m in self.notifications]} "
                              f"(xregd is pid {self._main_pid})\n{self.log_tail()}")
+
+    def _wait_echo(self, timeout: float) -> None:
+        import rawscu
+
+        def answers() -> bool:
+            self.check_alive()
+            try:
+                return rawscu.echo("127.0.0.1", self.port, self.config["dicom"]["ae_title"], timeout=2).ok
+            except (OSError, rawscu.DicomError):
+                return False
+
+        wait_until(answers, timeout, f"xregd to answer C-ECHO on port {self.port}")
 
     def _record_exit(self, expected: bool) -> None:
         """Remember how the current process ended (once per start)."""
@@ -631,7 +648,11 @@ class StoreRun:
     def succeeded(self) -> list[str]:
         return [p for p, r in self.results.items() if r.ok]
 
-    def acked_uids(self, uid_of: dict[str, str]) -> set[str]:
+    def acked_uids(self, uid_of: dict[str, str] | None = None) -> set[str]:
+        """SOP Instance UIDs acknowledged with Success: looked up by path in uid_of, or (debug
+        output only) taken from the responses' Affected SOP Instance UID."""
+        if uid_of is None:
+            return {self.results[p].sop_instance_uid for p in self.succeeded()}
         return {uid_of[p] for p in self.succeeded()}
 
     def output(self) -> str:
@@ -809,7 +830,11 @@ class Storescp:
                 raise AssertionError(f"storescp exited: {self.log_path.read_text(errors='replace')}")
             return echoscu(self.port, self.aet).returncode == 0
 
-        wait_until(up, 15, "storescp to answer C-ECHO", interval=0.1)
+        try:
+            wait_until(up, 15, "storescp to answer C-ECHO", interval=0.1)
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def stop(self) -> None:
@@ -842,21 +867,40 @@ def migrate(d: Xregd, exe: str | None = None) -> None:
 
 
 def wait_registered(db: Database, uids: Iterable[str], timeout: float = 60.0, d: Xregd | None = None) -> set[str]:
-    """Wait until every uid is in xreg.instances; returns the registered set. Fails early if d died."""
+    """Wait until every uid is in xreg.instances; returns the registered set.
+
+    With d: fails at once if xregd died, and after 2 s of an empty spool (nothing left to
+    process: the spool file goes only after COMMIT) with instances still missing - they are lost,
+    waiting longer would not help.
+    """
     want = set(uids)
+    drained_polls = 0
+
+    def missing_message(have: set[str]) -> str:
+        missing = want - have
+        return (f"{len(missing)} of {len(want)} instances never reached xreg.instances (e.g. {sorted(missing)[:3]})"
+                + (("\n" + d.log_tail(30)) if d else ""))
 
     def done():
+        nonlocal drained_polls
+        drained = False
         if d is not None:
             d.check_alive()
+            drained = not pending_objects(d)  # look at the spool first, then at the registry
         have = db.instance_uids()
-        return have if want <= have else None
+        if want <= have:
+            return have
+        drained_polls = drained_polls + 1 if drained else 0
+        if drained_polls >= 20:
+            raise AssertionError("spool drained but " + missing_message(have))
+        return None
 
     try:
         return wait_until(done, timeout, f"{len(want)} instances in xreg.instances")
-    except AssertionError:
-        missing = want - db.instance_uids()
-        raise AssertionError(f"{len(missing)} of {len(want)} instances never reached xreg.instances "
-                             f"(e.g. {sorted(missing)[:3]})" + (("\n" + d.log_tail(30)) if d else "")) from None
+    except AssertionError as e:
+        if str(e).startswith("spool drained") or isinstance(e, XregdError):
+            raise
+        raise AssertionError(missing_message(db.instance_uids())) from None
 
 
 def pending_objects(d: Xregd) -> list[pathlib.Path]:
@@ -894,6 +938,22 @@ def meson_project_version() -> str | None:
         return None
     m = re.search(r"project\([^)]*?version\s*:\s*'([^']+)'", text, re.S)
     return m.group(1) if m else None
+
+
+def stop_stray_clusters(root: pathlib.Path) -> list[int]:
+    """SIGQUIT (immediate shutdown) every postmaster whose postmaster.pid lies below root, e.g. an
+    embedded cluster orphaned when its xregd was killed. Returns the pids signalled."""
+    pids = []
+    if not root.exists():
+        return pids
+    for pidfile in root.rglob("postmaster.pid"):
+        try:
+            pid = int(pidfile.read_text().splitlines()[0])
+            os.kill(pid, signal.SIGQUIT)
+            pids.append(pid)
+        except (OSError, ValueError, IndexError):
+            pass
+    return pids
 
 
 def processes_mentioning(needle: str) -> list[tuple[int, str]]:

@@ -293,8 +293,8 @@ size_t tu_dataset_offset(const char *data, size_t n)
     const unsigned char *p = (const unsigned char *)data + 132;
     if (p[0] != 0x02 || p[1] != 0 || p[2] != 0 || p[3] != 0 || p[4] != 'U' || p[5] != 'L')
         return 0;
-    uint32_t gl = (uint32_t)p[8] | (uint32_t)p[9] << 8 | (uint32_t)p[10] << 16 |
-                  (uint32_t)p[11] << 24;
+    uint32_t gl =
+        (uint32_t)p[8] | (uint32_t)p[9] << 8 | (uint32_t)p[10] << 16 | (uint32_t)p[11] << 24;
     size_t off = 144 + (size_t)gl;
     return off <= n ? off : 0;
 }

@@ -127,9 +127,9 @@ static void test_padding_and_image_laterality(void **state)
 {
     struct fixture *f = *state;
     /* Trailing spaces inside the value, ImageLaterality used when Laterality is absent. */
-    char *path = tu_make_cr(f->dir, "pad.dcm",
-                            "(0010,0020) LO [PAT9   ]\n(0020,0060) DEL\n(0020,0062) CS [R]\n",
-                            NULL, true);
+    char *path =
+        tu_make_cr(f->dir, "pad.dcm",
+                   "(0010,0020) LO [PAT9   ]\n(0020,0060) DEL\n(0020,0062) CS [R]\n", NULL, true);
     dicom_header h;
     xr_error err = XR_ERROR_INIT;
     assert_int_equal(dicom_header_read(path, &h, &err), XR_OK);
@@ -353,6 +353,23 @@ static void test_big_endian(void **state)
     free(path);
 }
 
+static void test_deflated(void **state)
+{
+    struct fixture *f = *state;
+    const char *args[] = {"+td", NULL};
+    char *path = tu_make_cr(f->dir, "deflated.dcm", NULL, args, true);
+    dicom_header h;
+    xr_error err = XR_ERROR_INIT;
+    assert_int_equal(dicom_header_read(path, &h, &err), XR_OK);
+    check_cr_fields(&h, "1.2.840.10008.1.2.1.99");
+    size_t n;
+    char *data = tu_read_file(path, &n);
+    assert_int_equal(dicom_header_read_buffer(data, n, &h, &err), XR_OK);
+    check_cr_fields(&h, "1.2.840.10008.1.2.1.99");
+    free(data);
+    free(path);
+}
+
 static void test_dataset_without_meta(void **state)
 {
     struct fixture *f = *state;
@@ -397,6 +414,10 @@ static void test_io_errors(void **state)
 
     assert_int_equal(dicom_header_read(f->dir, &h, &err), XR_E_IO);
     assert_int_equal(err.sys_errno, EISDIR);
+
+    /* A character device would never end (/dev/zero) or say nothing (/dev/null). */
+    assert_int_equal(dicom_header_read("/dev/zero", &h, &err), XR_E_INPUT);
+    assert_non_null(strstr(err.msg, "not a regular file"));
 }
 
 static void test_uid_name(void **state)
@@ -422,6 +443,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_truncated, setup, teardown),
         cmocka_unit_test_setup_teardown(test_value_lengths, setup, teardown),
         cmocka_unit_test_setup_teardown(test_big_endian, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_deflated, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dataset_without_meta, setup, teardown),
         cmocka_unit_test_setup_teardown(test_jpeg_lossless, setup, teardown),
         cmocka_unit_test_setup_teardown(test_io_errors, setup, teardown),

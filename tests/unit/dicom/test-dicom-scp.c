@@ -24,26 +24,15 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "xr-log.h"
+
 #include "dicom-test-util.h"
 #include "dicom.h"
 
 #define MAX_RECORDS 8
 
-struct ctx {
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    char *dir;     /* test root */
-    char *tmp_dir; /* the SCP's tmp_dir */
-    char *got_dir; /* where on_store moves accepted files */
-
-    /* behaviour of on_store */
-    uint16_t status;
-    const char *comment;
-    bool block;  /* wait in on_store until cleared */
-    int barrier; /* wait in on_store until this many stores arrived (10 s at most) */
-    bool barrier_met;
-
-    /* what the callbacks saw */
+/* What the callbacks saw. Written under ctx.mu on the SCP's threads. */
+struct results {
     int n_store;
     char stored[MAX_RECORDS][PATH_MAX];
     char stored_ts[MAX_RECORDS][65];
@@ -58,12 +47,31 @@ struct ctx {
     char last_accept[64];
     char calling[17], called[17], peer[64];
     uint64_t last_assoc_id;
+    bool barrier_met;
+};
+
+struct ctx {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    char *dir;     /* test root */
+    char *tmp_dir; /* the SCP's tmp_dir */
+    char *got_dir; /* where on_store moves accepted files */
+
+    /* behaviour of on_store */
+    uint16_t status;
+    const char *comment;
+    bool block;  /* wait in on_store until cleared */
+    int barrier; /* wait in on_store until this many stores arrived (10 s at most) */
+
+    /* what the callbacks saw; read it with snap() */
+    struct results r;
 
     /* the SCP */
     dicom_scp *scp;
     uint16_t port;
     pthread_t thread;
     bool thread_started;
+    bool run_done; /* under mu */
     xr_code run_rc;
     xr_error run_err;
 };
@@ -75,21 +83,21 @@ static uint16_t on_store(void *userdata, const dicom_store_request *req, char *c
 {
     struct ctx *c = userdata;
     pthread_mutex_lock(&c->mu);
-    int i = c->n_store++;
+    int i = c->r.n_store++;
     uint16_t status = c->status;
     if (i < MAX_RECORDS) {
-        snprintf(c->stored_ts[i], sizeof(c->stored_ts[i]), "%s", req->transfer_syntax_uid);
-        snprintf(c->stored_sop[i], sizeof(c->stored_sop[i]), "%s", req->sop_instance_uid);
-        c->stored_bytes[i] = req->n_bytes;
+        snprintf(c->r.stored_ts[i], sizeof(c->r.stored_ts[i]), "%s", req->transfer_syntax_uid);
+        snprintf(c->r.stored_sop[i], sizeof(c->r.stored_sop[i]), "%s", req->sop_instance_uid);
+        c->r.stored_bytes[i] = req->n_bytes;
         struct stat st;
         if (stat(req->path, &st) != 0 || (uint64_t)st.st_size != req->n_bytes)
-            c->stored_bytes[i] = UINT64_MAX; /* n_bytes must be the file size */
+            c->r.stored_bytes[i] = UINT64_MAX; /* n_bytes must be the file size */
     }
     /* The callback owns the file: keep it on success, drop it otherwise. */
     if (status == DICOM_STATUS_SUCCESS && i < MAX_RECORDS) {
-        snprintf(c->stored[i], sizeof(c->stored[i]), "%s/got-%d.dcm", c->got_dir, i);
-        if (rename(req->path, c->stored[i]) != 0)
-            c->stored[i][0] = '\0';
+        snprintf(c->r.stored[i], sizeof(c->r.stored[i]), "%s/got-%d.dcm", c->got_dir, i);
+        if (rename(req->path, c->r.stored[i]) != 0)
+            c->r.stored[i][0] = '\0';
     } else {
         (void)unlink(req->path);
     }
@@ -98,11 +106,11 @@ static uint16_t on_store(void *userdata, const dicom_store_request *req, char *c
     struct timespec until;
     clock_gettime(CLOCK_REALTIME, &until);
     until.tv_sec += 10;
-    while (c->barrier > 0 && c->n_store < c->barrier)
+    while (c->barrier > 0 && c->r.n_store < c->barrier)
         if (pthread_cond_timedwait(&c->cv, &c->mu, &until) != 0)
             break;
-    if (c->barrier > 0 && c->n_store >= c->barrier)
-        c->barrier_met = true;
+    if (c->barrier > 0 && c->r.n_store >= c->barrier)
+        c->r.barrier_met = true;
     until.tv_sec += 10;
     while (c->block)
         if (pthread_cond_timedwait(&c->cv, &c->mu, &until) != 0)
@@ -120,11 +128,11 @@ static void on_store_failed(void *userdata, const dicom_assoc_info *assoc,
     (void)sop_instance_uid;
     struct ctx *c = userdata;
     pthread_mutex_lock(&c->mu);
-    int i = c->n_failed++;
+    int i = c->r.n_failed++;
     if (i < MAX_RECORDS) {
-        c->failed_code[i] = why->code;
-        c->failed_errno[i] = why->sys_errno;
-        snprintf(c->failed_msg[i], sizeof(c->failed_msg[i]), "%s", why->msg);
+        c->r.failed_code[i] = why->code;
+        c->r.failed_errno[i] = why->sys_errno;
+        snprintf(c->r.failed_msg[i], sizeof(c->r.failed_msg[i]), "%s", why->msg);
     }
     pthread_cond_broadcast(&c->cv);
     pthread_mutex_unlock(&c->mu);
@@ -135,15 +143,15 @@ static void on_assoc(void *userdata, const dicom_assoc_info *assoc, dicom_assoc_
 {
     struct ctx *c = userdata;
     pthread_mutex_lock(&c->mu);
-    c->n_events[event]++;
-    snprintf(c->calling, sizeof(c->calling), "%s", assoc->calling_ae);
-    snprintf(c->called, sizeof(c->called), "%s", assoc->called_ae);
-    snprintf(c->peer, sizeof(c->peer), "%s", assoc->peer_host);
-    c->last_assoc_id = assoc->id;
+    c->r.n_events[event]++;
+    snprintf(c->r.calling, sizeof(c->r.calling), "%s", assoc->calling_ae);
+    snprintf(c->r.called, sizeof(c->r.called), "%s", assoc->called_ae);
+    snprintf(c->r.peer, sizeof(c->r.peer), "%s", assoc->peer_host);
+    c->r.last_assoc_id = assoc->id;
     if (event == DICOM_ASSOC_REJECTED)
-        snprintf(c->last_reject, sizeof(c->last_reject), "%s", text ? text : "");
+        snprintf(c->r.last_reject, sizeof(c->r.last_reject), "%s", text ? text : "");
     if (event == DICOM_ASSOC_ACCEPTED)
-        snprintf(c->last_accept, sizeof(c->last_accept), "%s", text ? text : "");
+        snprintf(c->r.last_accept, sizeof(c->r.last_accept), "%s", text ? text : "");
     pthread_cond_broadcast(&c->cv);
     pthread_mutex_unlock(&c->mu);
 }
@@ -182,8 +190,44 @@ static dicom_scp_params base_params(struct ctx *c)
 static void *run_thread(void *arg)
 {
     struct ctx *c = arg;
-    c->run_rc = dicom_scp_run(c->scp, &c->run_err);
+    xr_error err = XR_ERROR_INIT;
+    xr_code rc = dicom_scp_run(c->scp, &err);
+    pthread_mutex_lock(&c->mu);
+    c->run_rc = rc;
+    c->run_err = err;
+    c->run_done = true;
+    pthread_cond_broadcast(&c->cv);
+    pthread_mutex_unlock(&c->mu);
     return NULL;
+}
+
+/* Copy of the results, taken under the lock. */
+static struct results snap(struct ctx *c)
+{
+    pthread_mutex_lock(&c->mu);
+    struct results r = c->r;
+    pthread_mutex_unlock(&c->mu);
+    return r;
+}
+
+/* Has dicom_scp_run returned? Waits up to ms milliseconds. */
+static bool run_returned(struct ctx *c, int ms)
+{
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += ms / 1000;
+    until.tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&c->mu);
+    while (!c->run_done)
+        if (pthread_cond_timedwait(&c->cv, &c->mu, &until) != 0)
+            break;
+    bool done = c->run_done;
+    pthread_mutex_unlock(&c->mu);
+    return done;
 }
 
 static void start_scp(struct ctx *c, const dicom_scp_params *p)
@@ -202,12 +246,9 @@ static void stop_scp(struct ctx *c)
         return;
     if (c->thread_started) {
         dicom_scp_stop(c->scp);
-        struct timespec until;
-        clock_gettime(CLOCK_REALTIME, &until);
-        until.tv_sec += 15;
-        int rc = pthread_timedjoin_np(c->thread, NULL, &until);
-        if (rc != 0)
+        if (!run_returned(c, 15000))
             fail_msg("dicom_scp_run did not return after dicom_scp_stop");
+        pthread_join(c->thread, NULL);
         c->thread_started = false;
         if (c->run_rc != XR_OK)
             fail_msg("dicom_scp_run: %s", c->run_err.msg);
@@ -243,20 +284,32 @@ static int echoscu(struct ctx *c, const char *called, char **out)
 {
     char port[8];
     snprintf(port, sizeof(port), "%u", c->port);
-    char *argv[] = {(char *)tu_tool("ECHOSCU"), "-v", "-aet", "TESTSCU", "-aec", (char *)called,
-                    "-to", "10", "-ta", "10", "-td", "10", "127.0.0.1", port, NULL};
+    char *argv[] = {(char *)tu_tool("ECHOSCU"),
+                    "-v",
+                    "-aet",
+                    "TESTSCU",
+                    "-aec",
+                    (char *)called,
+                    "-to",
+                    "10",
+                    "-ta",
+                    "10",
+                    "-td",
+                    "10",
+                    "127.0.0.1",
+                    port,
+                    NULL};
     return tu_run(argv, out);
 }
 
-/* storescu with up to two files; debug adds -d (response dumps). */
-static char **storescu_argv(struct ctx *c, const char *f1, const char *f2, bool debug)
+/* storescu with up to two files and extra options (NULL-terminated; NULL means -v). */
+static char **storescu_argv(struct ctx *c, const char *f1, const char *f2, const char *const opts[])
 {
     static char port[8];
     snprintf(port, sizeof(port), "%u", c->port);
-    char **argv = calloc(20, sizeof(char *));
+    char **argv = calloc(32, sizeof(char *));
     int n = 0;
     argv[n++] = (char *)tu_tool("STORESCU");
-    argv[n++] = debug ? "-d" : "-v";
     argv[n++] = "-aet";
     argv[n++] = "TESTSCU";
     argv[n++] = "-aec";
@@ -267,6 +320,8 @@ static char **storescu_argv(struct ctx *c, const char *f1, const char *f2, bool 
     argv[n++] = "10";
     argv[n++] = "-td";
     argv[n++] = "10";
+    for (int i = 0; opts && opts[i] && n < 24; i++)
+        argv[n++] = (char *)opts[i];
     argv[n++] = "127.0.0.1";
     argv[n++] = port;
     argv[n++] = (char *)f1;
@@ -276,9 +331,14 @@ static char **storescu_argv(struct ctx *c, const char *f1, const char *f2, bool 
     return argv;
 }
 
-static int storescu(struct ctx *c, const char *f1, const char *f2, bool debug, char **out)
+static const char *const verbose[] = {"-v", NULL};
+/* -nh: go on after a failed store (one association, several responses); exit status is then 0 */
+static const char *const no_halt[] = {"-v", "-nh", NULL};
+
+static int storescu(struct ctx *c, const char *f1, const char *f2, const char *const opts[],
+                    char **out)
 {
-    char **argv = storescu_argv(c, f1, f2, debug);
+    char **argv = storescu_argv(c, f1, f2, opts ? opts : verbose);
     int rc = tu_run(argv, out);
     free(argv);
     return rc;
@@ -313,23 +373,35 @@ static void assert_same_header(const char *a, const char *b)
     assert_memory_equal(&ha, &hb, sizeof(ha));
 }
 
-static char *make_jpeg(struct ctx *c, const char *src, const char *name)
-{
-    char *jpeg = tu_path(c->dir, name);
-    char *argv[] = {(char *)tu_tool("DCMCJPEG"), (char *)src, jpeg, NULL};
-    char *out = NULL;
-    int rc = tu_run(argv, &out);
-    if (rc != 0)
-        fail_msg("dcmcjpeg failed (%d): %s", rc, out);
-    free(out);
-    return jpeg;
-}
-
 /* ---- fixtures ---- */
+
+/* Every log line of the run: the room must stay at debug, DCMTK's lines included. */
+static struct {
+    pthread_mutex_t mu;
+    int n_lines;
+    int n_dcmtk;
+    int n_above_debug;
+    char above_debug[256];
+} logcap = {.mu = PTHREAD_MUTEX_INITIALIZER};
+
+static void log_capture(void *userdata, xr_log_level level, const char *line)
+{
+    (void)userdata;
+    if (getenv("XREG_TEST_LOG")) /* set it to watch the SCP work */
+        fprintf(stderr, "<%d>%s\n", (int)level, line);
+    pthread_mutex_lock(&logcap.mu);
+    logcap.n_lines++;
+    if (strncmp(line, "dcmtk ", 6) == 0)
+        logcap.n_dcmtk++;
+    if (level != XR_LOG_DEBUG && logcap.n_above_debug++ == 0)
+        snprintf(logcap.above_debug, sizeof(logcap.above_debug), "%s", line);
+    pthread_mutex_unlock(&logcap.mu);
+}
 
 static int group_setup(void **state)
 {
     (void)state;
+    xr_log_set(log_capture, NULL, XR_LOG_DEBUG);
     xr_error err = XR_ERROR_INIT;
     if (dicom_global_init(&err) != XR_OK) {
         fprintf(stderr, "dicom_global_init: %s (%s)\n", err.msg, err.detail);
@@ -396,16 +468,16 @@ static void test_echo(void **state)
     if (rc != 0)
         fail_msg("echoscu failed (%d): %s", rc, out);
     free(out);
-    assert_int_equal(wait_count(c, &c->n_events[DICOM_ASSOC_RELEASED], 1), 1);
-    assert_int_equal(c->n_events[DICOM_ASSOC_ACCEPTED], 1);
-    assert_int_equal(c->n_events[DICOM_ASSOC_ECHO], 1);
-    assert_int_equal(c->n_events[DICOM_ASSOC_REJECTED], 0);
-    assert_int_equal(c->n_events[DICOM_ASSOC_ABORTED], 0);
-    assert_string_equal(c->calling, "TESTSCU");
-    assert_string_equal(c->called, "XREG");
-    assert_string_equal(c->peer, "127.0.0.1");
-    assert_true(c->last_assoc_id >= 1);
-    assert_true(atoi(c->last_accept) >= 1); /* number of accepted presentation contexts */
+    assert_int_equal(wait_count(c, &c->r.n_events[DICOM_ASSOC_RELEASED], 1), 1);
+    assert_int_equal(snap(c).n_events[DICOM_ASSOC_ACCEPTED], 1);
+    assert_int_equal(snap(c).n_events[DICOM_ASSOC_ECHO], 1);
+    assert_int_equal(snap(c).n_events[DICOM_ASSOC_REJECTED], 0);
+    assert_int_equal(snap(c).n_events[DICOM_ASSOC_ABORTED], 0);
+    assert_string_equal(snap(c).calling, "TESTSCU");
+    assert_string_equal(snap(c).called, "XREG");
+    assert_string_equal(snap(c).peer, "127.0.0.1");
+    assert_true(snap(c).last_assoc_id >= 1);
+    assert_true(atoi(snap(c).last_accept) >= 1); /* number of accepted presentation contexts */
     wait_idle(c);
     stop_scp(c);
 }
@@ -417,42 +489,83 @@ static void test_store_explicit_le(void **state)
     dicom_scp_params p = base_params(c);
     start_scp(c, &p);
     char *out = NULL;
-    int rc = storescu(c, src, NULL, false, &out);
+    int rc = storescu(c, src, NULL, NULL, &out);
     if (rc != 0 || !strstr(out, "Success"))
         fail_msg("storescu failed (%d): %s", rc, out);
     free(out);
-    assert_int_equal(wait_count(c, &c->n_store, 1), 1);
-    assert_string_equal(c->stored_ts[0], "1.2.840.10008.1.2.1");
-    assert_string_equal(c->stored_sop[0], TU_SOP_INSTANCE_UID);
-    assert_int_not_equal(c->stored_bytes[0], UINT64_MAX);
-    assert_true(c->stored[0][0] != '\0');
-    assert_same_data_set(src, c->stored[0]);
-    assert_same_header(src, c->stored[0]);
+    assert_int_equal(wait_count(c, &c->r.n_store, 1), 1);
+    assert_string_equal(snap(c).stored_ts[0], "1.2.840.10008.1.2.1");
+    assert_string_equal(snap(c).stored_sop[0], TU_SOP_INSTANCE_UID);
+    assert_int_not_equal(snap(c).stored_bytes[0], UINT64_MAX);
+    assert_true(snap(c).stored[0][0] != '\0');
+    assert_same_data_set(src, snap(c).stored[0]);
+    assert_same_header(src, snap(c).stored[0]);
     assert_int_equal(tu_count_entries(c->tmp_dir), 0);
-    assert_int_equal(c->n_failed, 0);
+    assert_int_equal(snap(c).n_failed, 0);
     stop_scp(c);
     free(src);
 }
 
-static void test_store_jpeg_lossless(void **state)
+/* Convert src with a DCMTK tool (env names its path), e.g. dcmcjpeg src out. */
+static char *convert(struct ctx *c, const char *tool_env, const char *src, const char *name)
+{
+    char *dst = tu_path(c->dir, name);
+    char *argv[] = {(char *)tu_tool(tool_env), (char *)src, dst, NULL};
+    char *out = NULL;
+    int rc = tu_run(argv, &out);
+    if (rc != 0)
+        fail_msg("%s failed (%d): %s", tool_env, rc, out);
+    free(out);
+    return dst;
+}
+
+static void test_store_compressed(void **state)
 {
     struct ctx *c = *state;
     char *src = tu_make_cr(c->dir, "cr.dcm", NULL, NULL, true);
-    char *jpeg = make_jpeg(c, src, "cr-jpeg.dcm");
+    const char *const deflate_args[] = {"+td", NULL};
+    char *files[3] = {
+        convert(c, "DCMCJPEG", src, "cr-jpeg.dcm"),
+        convert(c, "DCMCRLE", src, "cr-rle.dcm"),
+        tu_make_cr(c->dir, "cr-deflated.dcm", NULL, deflate_args, true),
+    };
+    const char *propose[3] = {"-xs", "-xr", "-xd"};
+    const char *want_ts[3] = {"1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.5",
+                              "1.2.840.10008.1.2.1.99"};
     dicom_scp_params p = base_params(c);
     start_scp(c, &p);
-    char *out = NULL;
-    int rc = storescu(c, jpeg, NULL, false, &out);
-    if (rc != 0 || !strstr(out, "Success"))
-        fail_msg("storescu failed (%d): %s", rc, out);
-    free(out);
-    assert_int_equal(wait_count(c, &c->n_store, 1), 1);
-    /* Received as sent: JPEG Lossless SV1, encapsulated pixel data bit for bit. */
-    assert_string_equal(c->stored_ts[0], "1.2.840.10008.1.2.4.70");
-    assert_same_data_set(jpeg, c->stored[0]);
-    assert_same_header(jpeg, c->stored[0]);
+
+    /*
+     * Each file twice: one presentation context per transfer syntax (storescu's default), then
+     * all syntaxes in one context (+C: our preference order decides, and must keep the
+     * lossless-compressed syntaxes as they are).
+     */
+    int n = 0;
+    for (int f = 0; f < 3; f++) {
+        for (int combine = 0; combine < 2; combine++) {
+            /* -R: only the SOP class of the file; NULL ends the list when not combining */
+            const char *opts[] = {"-v", "-R", propose[f], combine ? "+C" : NULL, NULL};
+            char *out = NULL;
+            int rc = storescu(c, files[f], NULL, opts, &out);
+            if (rc != 0 || !strstr(out, "Success"))
+                fail_msg("storescu %s failed (%d): %s", files[f], rc, out);
+            free(out);
+            n++;
+            assert_int_equal(wait_count(c, &c->r.n_store, n), n);
+            /* Received as sent, in the sent transfer syntax, bit for bit. */
+            if (f < 2 || !combine)
+                assert_string_equal(snap(c).stored_ts[n - 1], want_ts[f]);
+            else /* deflated comes after uncompressed in our order; the peer inflates */
+                assert_string_equal(snap(c).stored_ts[n - 1], "1.2.840.10008.1.2.1");
+            if (strcmp(snap(c).stored_ts[n - 1], want_ts[f]) == 0) {
+                assert_same_data_set(files[f], snap(c).stored[n - 1]);
+                assert_same_header(files[f], snap(c).stored[n - 1]);
+            }
+        }
+    }
     stop_scp(c);
-    free(jpeg);
+    for (int f = 0; f < 3; f++)
+        free(files[f]);
     free(src);
 }
 
@@ -465,18 +578,58 @@ static void test_store_status_and_comment(void **state)
     dicom_scp_params p = base_params(c);
     start_scp(c, &p);
     char *out = NULL;
-    int rc = storescu(c, src, NULL, true, &out);
-    if (rc == 0 || !strstr(out, "Refused: OutOfResources") ||
-        !strstr(out, "disk budget exceeded"))
-        fail_msg("storescu should report A700 with the comment (%d): %s", rc, out);
+    const char *const debug[] = {"-d", NULL};
+    int rc = storescu(c, src, NULL, debug, &out);
+    /* storescu -d dumps the C-STORE-RSP: status and the Error Comment from the command set */
+    const char *rsp = strstr(out, "C-STORE RSP");
+    if (rc == 0 || !rsp || !strstr(rsp, "0xa700") ||
+        !strstr(rsp, "(0000,0902) LO [disk budget exceeded]"))
+        fail_msg("storescu should report A700 with the comment (%d): %s", rc, rsp ? rsp : out);
     free(out);
-    assert_int_equal(c->n_store, 1);
+    assert_int_equal(snap(c).n_store, 1);
     assert_int_equal(tu_count_entries(c->tmp_dir), 0);
     /* A refused object does not break the association: it was released, not aborted. */
-    assert_int_equal(wait_count(c, &c->n_events[DICOM_ASSOC_RELEASED], 1), 1);
-    assert_int_equal(c->n_events[DICOM_ASSOC_ABORTED], 0);
+    assert_int_equal(wait_count(c, &c->r.n_events[DICOM_ASSOC_RELEASED], 1), 1);
+    assert_int_equal(snap(c).n_events[DICOM_ASSOC_ABORTED], 0);
     stop_scp(c);
     free(src);
+}
+
+static void test_peer_abort(void **state)
+{
+    struct ctx *c = *state;
+    char *src = tu_make_cr(c->dir, "cr.dcm", NULL, NULL, true);
+    dicom_scp_params p = base_params(c);
+    start_scp(c, &p);
+    const char *const abort_opts[] = {"-v", "--abort", NULL};
+    char *out = NULL;
+    int rc = storescu(c, src, NULL, abort_opts, &out);
+    if (rc != 0)
+        fail_msg("storescu --abort failed (%d): %s", rc, out);
+    free(out);
+    assert_int_equal(wait_count(c, &c->r.n_events[DICOM_ASSOC_ABORTED], 1), 1);
+    assert_int_equal(snap(c).n_events[DICOM_ASSOC_RELEASED], 0);
+    assert_int_equal(snap(c).n_store, 1); /* the object before the abort was stored */
+    stop_scp(c);
+    free(src);
+}
+
+static void test_stop_before_run(void **state)
+{
+    struct ctx *c = *state;
+    dicom_scp_params p = base_params(c);
+    xr_error err = XR_ERROR_INIT;
+    assert_int_equal(dicom_scp_open(&p, &c->scp, &err), XR_OK);
+    /* A stop that comes before run() (SIGTERM right after start-up) is not lost. */
+    dicom_scp_stop(c->scp);
+    assert_int_equal(dicom_scp_run(c->scp, &err), XR_OK);
+    /* The listening socket is closed now; the SCP cannot run again. */
+    assert_int_equal(dicom_scp_run(c->scp, &err), XR_E_INTERNAL);
+    assert_non_null(strstr(err.msg, "stopped"));
+    c->scp = dicom_scp_free(c->scp);
+    assert_null(dicom_scp_free(NULL));
+    assert_int_equal(dicom_scp_active(NULL), 0);
+    dicom_scp_stop(NULL);
 }
 
 static void test_wrong_called_ae(void **state)
@@ -489,10 +642,10 @@ static void test_wrong_called_ae(void **state)
     if (rc == 0 || !strstr(out, "Called AE Title Not Recognized"))
         fail_msg("echoscu should be rejected (%d): %s", rc, out);
     free(out);
-    assert_int_equal(wait_count(c, &c->n_events[DICOM_ASSOC_REJECTED], 1), 1);
-    assert_non_null(strstr(c->last_reject, "called AE title"));
-    assert_string_equal(c->called, "NOTXREG");
-    assert_int_equal(c->n_events[DICOM_ASSOC_ACCEPTED], 0);
+    assert_int_equal(wait_count(c, &c->r.n_events[DICOM_ASSOC_REJECTED], 1), 1);
+    assert_non_null(strstr(snap(c).last_reject, "called AE title"));
+    assert_string_equal(snap(c).called, "NOTXREG");
+    assert_int_equal(snap(c).n_events[DICOM_ASSOC_ACCEPTED], 0);
     wait_idle(c);
     stop_scp(c);
 }
@@ -507,17 +660,17 @@ static void test_two_at_once(void **state)
     dicom_scp_params p = base_params(c);
     p.max_associations = 2;
     start_scp(c, &p);
-    char **argv_a = storescu_argv(c, a, NULL, false);
-    char **argv_b = storescu_argv(c, b, NULL, false);
+    char **argv_a = storescu_argv(c, a, NULL, verbose);
+    char **argv_b = storescu_argv(c, b, NULL, verbose);
     pid_t pa = tu_spawn(argv_a);
     pid_t pb = tu_spawn(argv_b);
     assert_int_equal(tu_wait(pa), 0);
     assert_int_equal(tu_wait(pb), 0);
     free(argv_a);
     free(argv_b);
-    assert_true(c->barrier_met);
-    assert_int_equal(c->n_store, 2);
-    assert_int_equal(wait_count(c, &c->n_events[DICOM_ASSOC_RELEASED], 2), 2);
+    assert_true(snap(c).barrier_met);
+    assert_int_equal(snap(c).n_store, 2);
+    assert_int_equal(wait_count(c, &c->r.n_events[DICOM_ASSOC_RELEASED], 2), 2);
     stop_scp(c);
     free(a);
     free(b);
@@ -531,9 +684,9 @@ static void test_association_limit(void **state)
     dicom_scp_params p = base_params(c);
     p.max_associations = 1;
     start_scp(c, &p);
-    char **argv_a = storescu_argv(c, a, NULL, false);
+    char **argv_a = storescu_argv(c, a, NULL, verbose);
     pid_t pa = tu_spawn(argv_a);
-    assert_int_equal(wait_count(c, &c->n_store, 1), 1); /* first association sits in on_store */
+    assert_int_equal(wait_count(c, &c->r.n_store, 1), 1); /* first association sits in on_store */
     assert_int_equal(dicom_scp_active(c->scp), 1);
 
     char *out = NULL;
@@ -541,8 +694,8 @@ static void test_association_limit(void **state)
     if (rc == 0 || !strstr(out, "Local Limit Exceeded"))
         fail_msg("second association should be rejected (%d): %s", rc, out);
     free(out);
-    assert_int_equal(wait_count(c, &c->n_events[DICOM_ASSOC_REJECTED], 1), 1);
-    assert_non_null(strstr(c->last_reject, "too many associations"));
+    assert_int_equal(wait_count(c, &c->r.n_events[DICOM_ASSOC_REJECTED], 1), 1);
+    assert_non_null(strstr(snap(c).last_reject, "too many associations"));
 
     pthread_mutex_lock(&c->mu);
     c->block = false;
@@ -571,41 +724,41 @@ static void test_object_size_limit(void **state)
     /* Learn the received size. */
     dicom_scp_params p = base_params(c);
     start_scp(c, &p);
-    assert_int_equal(storescu(c, src, NULL, false, &out), 0);
+    assert_int_equal(storescu(c, src, NULL, NULL, &out), 0);
     free(out);
     stop_scp(c);
-    assert_int_equal(c->n_store, 1);
-    const uint64_t size = c->stored_bytes[0];
+    assert_int_equal(snap(c).n_store, 1);
+    const uint64_t size = snap(c).stored_bytes[0];
     assert_true(size > 1024 && size != UINT64_MAX);
 
     /* At the limit: accepted. */
     p = base_params(c);
     p.max_object_bytes = size;
     start_scp(c, &p);
-    assert_int_equal(storescu(c, src, NULL, false, &out), 0);
+    assert_int_equal(storescu(c, src, NULL, NULL, &out), 0);
     free(out);
     stop_scp(c);
-    assert_int_equal(c->n_store, 2);
-    assert_int_equal(c->n_failed, 0);
+    assert_int_equal(snap(c).n_store, 2);
+    assert_int_equal(snap(c).n_failed, 0);
 
     /* One past: A700, twice on one association, which stays usable and is released. */
     p = base_params(c);
     p.max_object_bytes = size - 1;
     start_scp(c, &p);
-    int released_before = c->n_events[DICOM_ASSOC_RELEASED];
-    int rc = storescu(c, src, src2, false, &out);
+    int released_before = snap(c).n_events[DICOM_ASSOC_RELEASED];
+    int rc = storescu(c, src, src2, no_halt, &out);
     const char *first = strstr(out, "Refused: OutOfResources");
-    if (rc == 0 || !first || !strstr(first + 1, "Refused: OutOfResources"))
+    if (rc != 0 || !first || !strstr(first + 1, "Refused: OutOfResources"))
         fail_msg("storescu should get A700 twice (%d): %s", rc, out);
     free(out);
-    assert_int_equal(c->n_store, 2); /* on_store not called */
-    assert_int_equal(c->n_failed, 2);
-    assert_int_equal(c->failed_code[0], XR_E_LIMIT);
-    assert_non_null(strstr(c->failed_msg[0], "larger than the limit"));
+    assert_int_equal(snap(c).n_store, 2); /* on_store not called */
+    assert_int_equal(snap(c).n_failed, 2);
+    assert_int_equal(snap(c).failed_code[0], XR_E_LIMIT);
+    assert_non_null(strstr(snap(c).failed_msg[0], "larger than the limit"));
     assert_int_equal(tu_count_entries(c->tmp_dir), 0);
-    assert_int_equal(wait_count(c, &c->n_events[DICOM_ASSOC_RELEASED], released_before + 1),
+    assert_int_equal(wait_count(c, &c->r.n_events[DICOM_ASSOC_RELEASED], released_before + 1),
                      released_before + 1);
-    assert_int_equal(c->n_events[DICOM_ASSOC_ABORTED], 0);
+    assert_int_equal(snap(c).n_events[DICOM_ASSOC_ABORTED], 0);
     stop_scp(c);
     free(src);
     free(src2);
@@ -628,28 +781,28 @@ static void test_write_error(void **state)
     void (*old_sig)(int) = signal(SIGXFSZ, SIG_IGN);
     assert_int_equal(setrlimit(RLIMIT_FSIZE, &lim), 0);
     char *out = NULL;
-    int rc = storescu(c, src, src2, false, &out);
+    int rc = storescu(c, src, src2, no_halt, &out);
     assert_int_equal(setrlimit(RLIMIT_FSIZE, &old), 0);
     signal(SIGXFSZ, old_sig);
 
     const char *first = strstr(out, "Refused: OutOfResources");
-    if (rc == 0 || !first || !strstr(first + 1, "Refused: OutOfResources"))
+    if (rc != 0 || !first || !strstr(first + 1, "Refused: OutOfResources"))
         fail_msg("storescu should get A700 twice (%d): %s", rc, out);
     free(out);
-    assert_int_equal(c->n_store, 0);
-    assert_int_equal(c->n_failed, 2);
-    assert_int_equal(c->failed_code[0], XR_E_IO);
-    assert_int_equal(c->failed_errno[0], EFBIG);
+    assert_int_equal(snap(c).n_store, 0);
+    assert_int_equal(snap(c).n_failed, 2);
+    assert_int_equal(snap(c).failed_code[0], XR_E_IO);
+    assert_int_equal(snap(c).failed_errno[0], EFBIG);
     assert_int_equal(tu_count_entries(c->tmp_dir), 0); /* partial files removed */
-    assert_int_equal(wait_count(c, &c->n_events[DICOM_ASSOC_RELEASED], 1), 1);
-    assert_int_equal(c->n_events[DICOM_ASSOC_ABORTED], 0);
+    assert_int_equal(wait_count(c, &c->r.n_events[DICOM_ASSOC_RELEASED], 1), 1);
+    assert_int_equal(snap(c).n_events[DICOM_ASSOC_ABORTED], 0);
 
     /* And it recovers once writing works again. */
-    rc = storescu(c, src, NULL, false, &out);
+    rc = storescu(c, src, NULL, NULL, &out);
     assert_int_equal(rc, 0);
     free(out);
-    assert_int_equal(c->n_store, 1);
-    assert_same_data_set(src, c->stored[0]);
+    assert_int_equal(snap(c).n_store, 1);
+    assert_same_data_set(src, snap(c).stored[0]);
     stop_scp(c);
     free(src);
     free(src2);
@@ -677,14 +830,14 @@ static void test_stop_waits_for_associations(void **state)
     c->block = true;
     dicom_scp_params p = base_params(c);
     start_scp(c, &p);
-    char **argv = storescu_argv(c, src, NULL, false);
+    char **argv = storescu_argv(c, src, NULL, verbose);
     pid_t pid = tu_spawn(argv);
-    assert_int_equal(wait_count(c, &c->n_store, 1), 1);
+    assert_int_equal(wait_count(c, &c->r.n_store, 1), 1);
 
     dicom_scp_stop(c->scp);
     usleep(300 * 1000);
     /* run() has not returned: an association is in flight ... */
-    assert_int_equal(pthread_tryjoin_np(c->thread, NULL), EBUSY);
+    assert_false(run_returned(c, 0));
     assert_int_equal(dicom_scp_active(c->scp), 1);
     /* ... but nothing new is accepted. */
     assert_int_equal(connect_loopback(c->port), -1);
@@ -724,12 +877,12 @@ static void test_silent_and_garbage_peers(void **state)
         fail_msg("echoscu failed (%d): %s", rc, out);
     free(out);
     assert_true(t1.tv_sec - t0.tv_sec < 3); /* well under acse_timeout_s (5) */
-    assert_int_equal(c->n_events[DICOM_ASSOC_ECHO], 1);
+    assert_int_equal(snap(c).n_events[DICOM_ASSOC_ECHO], 1);
 
     close(junk);
     close(silent);
     wait_idle(c);
-    assert_int_equal(c->n_events[DICOM_ASSOC_ACCEPTED], 1);
+    assert_int_equal(snap(c).n_events[DICOM_ASSOC_ACCEPTED], 1);
     stop_scp(c);
 }
 
@@ -737,15 +890,15 @@ static void test_unsupported_sop_class(void **state)
 {
     struct ctx *c = *state;
     /* CT Image Storage is not in the accepted list: storescu finds no presentation context. */
-    char *ct = tu_make_cr(c->dir, "ct.dcm", "(0008,0016) UI [1.2.840.10008.5.1.4.1.1.2]\n", NULL,
-                          true);
+    char *ct =
+        tu_make_cr(c->dir, "ct.dcm", "(0008,0016) UI [1.2.840.10008.5.1.4.1.1.2]\n", NULL, true);
     dicom_scp_params p = base_params(c);
     start_scp(c, &p);
     char *out = NULL;
-    int rc = storescu(c, ct, NULL, false, &out);
+    int rc = storescu(c, ct, NULL, NULL, &out);
     assert_int_not_equal(rc, 0);
     free(out);
-    assert_int_equal(c->n_store, 0);
+    assert_int_equal(snap(c).n_store, 0);
     stop_scp(c);
     free(ct);
 }
@@ -770,8 +923,7 @@ static void test_open_errors(void **state)
     /* Port in use, all interfaces. */
     p.bind_address = NULL;
     assert_int_equal(dicom_scp_open(&p, &other, &err), XR_E_IO);
-    snprintf(want, sizeof(want), "could not listen on 0.0.0.0:%u: Address already in use",
-             p.port);
+    snprintf(want, sizeof(want), "could not listen on 0.0.0.0:%u: Address already in use", p.port);
     assert_string_equal(err.msg, want);
     stop_scp(c);
 
@@ -783,7 +935,7 @@ static void test_open_errors(void **state)
         stmt;                                                                                      \
         xr_code rc_ = dicom_scp_open(&q, &other, &err);                                            \
         if (rc_ != XR_E_CONFIG || !strstr(err.msg, needle))                                        \
-            fail_msg("%s: expected config error with \"%s\", got %s: %s", #stmt, needle,          \
+            fail_msg("%s: expected config error with \"%s\", got %s: %s", #stmt, needle,           \
                      xr_code_name(rc_), err.msg);                                                  \
         assert_null(other);                                                                        \
     } while (0)
@@ -858,7 +1010,18 @@ static void test_lists(void **state)
     for (; ts[m]; m++)
         ;
     assert_int_equal(m, 13);
-    assert_string_equal(ts[0], "1.2.840.10008.1.2.1"); /* preferred first */
+    assert_string_equal(ts[0], "1.2.840.10008.1.2.4.70"); /* preferred first */
+}
+
+static void test_logging(void **state)
+{
+    (void)state;
+    pthread_mutex_lock(&logcap.mu);
+    if (logcap.n_above_debug != 0)
+        fail_msg("%d lines above debug, first: %s", logcap.n_above_debug, logcap.above_debug);
+    assert_true(logcap.n_dcmtk > 0);              /* DCMTK's oflog reached xr_log */
+    assert_true(logcap.n_lines > logcap.n_dcmtk); /* and so did our own debug lines */
+    pthread_mutex_unlock(&logcap.mu);
 }
 
 int main(void)
@@ -867,8 +1030,10 @@ int main(void)
         cmocka_unit_test(test_lists),
         cmocka_unit_test_setup_teardown(test_echo, setup, teardown),
         cmocka_unit_test_setup_teardown(test_store_explicit_le, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_store_jpeg_lossless, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_store_compressed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_store_status_and_comment, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_peer_abort, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stop_before_run, setup, teardown),
         cmocka_unit_test_setup_teardown(test_wrong_called_ae, setup, teardown),
         cmocka_unit_test_setup_teardown(test_two_at_once, setup, teardown),
         cmocka_unit_test_setup_teardown(test_association_limit, setup, teardown),
@@ -879,6 +1044,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_unsupported_sop_class, setup, teardown),
         cmocka_unit_test_setup_teardown(test_open_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bind_address, setup, teardown),
+        cmocka_unit_test(test_logging), /* last: looks at the lines of all tests above */
     };
     return cmocka_run_group_tests_name("dicom-scp", tests, group_setup, group_teardown);
 }
