@@ -58,6 +58,8 @@ static int run_as_owner(const pgembed *pg, char *const argv[], const char *log_p
         sigprocmask(SIG_SETMASK, &none, NULL);
         setenv("LC_ALL", "C.UTF-8", 1);
         unsetenv("PGDATA");
+        /* postgres built with systemd support would tell our NOTIFY_SOCKET it is READY. */
+        unsetenv("NOTIFY_SOCKET");
         execv(argv[0], argv);
         _exit(127);
     }

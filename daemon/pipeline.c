@@ -175,6 +175,9 @@ static xr_code process_instance(worker *w, const spool_item *item, xr_error *err
         spool_fail(sp, item, &meta, reason);
         return XR_OK;
     }
+    if (h.n_repairs)
+        xr_log_write(XR_LOG_NOTICE, "[%s] %s: %u malformed header values repaired: %s", item->id,
+                     h.sop_instance_uid, h.n_repairs, h.repairs);
     size_t n_bad = header_sanitize(&h);
     if (n_bad)
         xr_log_write(XR_LOG_NOTICE, "[%s] %zu bytes of text were not valid UTF-8 and were "

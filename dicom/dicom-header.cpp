@@ -12,9 +12,12 @@
  *
  * Garbage is rejected in two layers. DCMTK fails on most non-DICOM input (an element that claims
  * more bytes than are left). Input that happens to parse (a valid meta header followed by text, a
- * run of 0xFF bytes read as an empty data set) is caught by requiring SOP Class UID and SOP
- * Instance UID in the data set. A missing Study or Series Instance UID is not a parse error:
- * those fields come back "" and the caller decides.
+ * run of 0xFF bytes read as an empty data set) is caught by requiring SOP Class UID or SOP
+ * Instance UID in the data set. A data set with one of them, or without Study or Series Instance
+ * UID, is not a parse error: those fields come back "" and the caller decides (A900).
+ *
+ * Real-world headers carry malformed descriptive values (a 56-byte birth date, text in an IS);
+ * those are repaired and reported in dicom_header.repairs, never fatal. UIDs stay strict.
  */
 #include <assert.h>
 #include <errno.h>
@@ -104,13 +107,36 @@ __attribute__((format(printf, 4, 5))) xr_code fail(xr_error *err, xr_code code, 
     return code;
 }
 
+/* Values longer than this are not even loaded when repairing (a deferred 1 GB "name"). */
+const Uint32 REPAIR_LOAD_MAX = 16 * 1024;
+
+/* Record a repaired attribute in h (NULL: strict mode, never called). */
+__attribute__((format(printf, 4, 5))) void note_repair(dicom_header *h, const char *name,
+                                                      const DcmTagKey &tag, const char *fmt, ...)
+{
+    h->n_repairs++;
+    size_t used = strlen(h->repairs);
+    if (used + 2 >= sizeof(h->repairs))
+        return;
+    int n = snprintf(h->repairs + used, sizeof(h->repairs) - used, "%s%s (%04x,%04x): ",
+                     used ? "; " : "", name, tag.getGroup(), tag.getElement());
+    if (n < 0 || used + (size_t)n >= sizeof(h->repairs))
+        return;
+    used += (size_t)n;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(h->repairs + used, sizeof(h->repairs) - used, fmt, ap);
+    va_end(ap);
+}
+
 /*
  * Copy the value of a string element (all values, backslashes kept) into dst, removing trailing
- * spaces and NULs. absent/empty -> "". Too long for the field, NUL inside, or not a string VR ->
- * XR_E_INPUT naming the attribute.
+ * spaces and NULs. absent/empty -> "". With repair == NULL (UIDs), too long for the field, NUL
+ * inside, or not a string VR -> XR_E_INPUT naming the attribute; otherwise those are repaired
+ * (cut to the field, cut at the NUL, "") and noted in *repair.
  */
 xr_code copy_string(DcmItem &ds, const DcmTagKey &tag, const char *name, char *dst, size_t size,
-                    const Source &src, xr_error *err)
+                    const Source &src, xr_error *err, dicom_header *repair = nullptr)
 {
     dst[0] = '\0';
     DcmElement *elem = nullptr;
@@ -118,20 +144,34 @@ xr_code copy_string(DcmItem &ds, const DcmTagKey &tag, const char *name, char *d
         return XR_OK;
     if (elem->getLengthField() == 0)
         return XR_OK;
-    if (!elem->isaString())
+    if (!elem->isaString()) {
+        if (repair) {
+            note_repair(repair, name, tag, "VR %s is not a string VR, ignored",
+                        elem->getTag().getVRName());
+            return XR_OK;
+        }
         return fail(err, XR_E_INPUT, src, "%s (%04x,%04x) has VR %s, not a string VR", name,
                     tag.getGroup(), tag.getElement(), elem->getTag().getVRName());
+    }
     /*
      * Refuse before loading a value that cannot fit (a deferred 1 GB "name" would otherwise be
      * read into memory just to be rejected); one padding byte is allowed on top.
      */
     const Uint32 len = elem->getLengthField();
-    if (len > size)
+    if (repair && len > REPAIR_LOAD_MAX) {
+        note_repair(repair, name, tag, "%" PRIu32 " bytes, ignored", len);
+        return XR_OK;
+    }
+    if (!repair && len > size)
         return fail(err, XR_E_INPUT, src,
                     "value of %s (%04x,%04x) is %" PRIu32 " bytes long but must be at most %zu",
                     name, tag.getGroup(), tag.getElement(), len, size - 1);
     OFString value;
     OFCondition cond = elem->getOFStringArray(value, OFTrue /* normalize padding */);
+    if (cond.bad() && repair) {
+        note_repair(repair, name, tag, "unreadable value, ignored");
+        return XR_OK;
+    }
     if (cond.bad()) {
         xr_error_detail(err, "DCMTK condition %04x:%04x: %s", (unsigned)cond.module(),
                         (unsigned)cond.code(), cond.text());
@@ -142,6 +182,17 @@ xr_code copy_string(DcmItem &ds, const DcmTagKey &tag, const char *name, char *d
     const char *p = value.c_str();
     while (n > 0 && (p[n - 1] == ' ' || p[n - 1] == '\0'))
         n--;
+    if (repair) {
+        const char *nul = static_cast<const char *>(memchr(p, '\0', n));
+        if (nul) {
+            note_repair(repair, name, tag, "NUL byte inside, cut at %zu bytes", (size_t)(nul - p));
+            n = (size_t)(nul - p);
+        }
+        if (n >= size) {
+            note_repair(repair, name, tag, "%zu bytes, cut to %zu", n, size - 1);
+            n = size - 1;
+        }
+    }
     if (n >= size)
         return fail(err, XR_E_INPUT, src,
                     "value of %s (%04x,%04x) is %zu bytes long but must be at most %zu", name,
@@ -156,12 +207,21 @@ xr_code copy_string(DcmItem &ds, const DcmTagKey &tag, const char *name, char *d
 
 /* US attribute: absent or empty -> dflt. Wrong VR -> XR_E_INPUT. */
 xr_code get_us(DcmItem &ds, const DcmTagKey &tag, const char *name, uint16_t dflt, uint16_t *ret,
-               const Source &src, xr_error *err)
+               const Source &src, xr_error *err, dicom_header *repair)
 {
     *ret = dflt;
     DcmElement *elem = nullptr;
     if (ds.findAndGetElement(tag, elem).bad() || !elem || elem->getLengthField() == 0)
         return XR_OK;
+    if (repair) {
+        Uint16 v = 0;
+        if (elem->ident() != EVR_US || elem->getUint16(v, 0).bad()) {
+            note_repair(repair, name, tag, "not a readable US value, ignored");
+            return XR_OK;
+        }
+        *ret = v;
+        return XR_OK;
+    }
     if (elem->ident() != EVR_US)
         return fail(err, XR_E_INPUT, src, "%s (%04x,%04x) has VR %s but must be US", name,
                     tag.getGroup(), tag.getElement(), elem->getTag().getVRName());
@@ -175,8 +235,8 @@ xr_code get_us(DcmItem &ds, const DcmTagKey &tag, const char *name, uint16_t dfl
 
 /* IS attribute (first value): absent or empty -> dflt; outside [min, max] or not a number -> error.
  */
-xr_code get_is(DcmItem &ds, const DcmTagKey &tag, const char *name, int64_t dflt, int64_t min,
-               int64_t max, int64_t *ret, const Source &src, xr_error *err)
+xr_code get_is_strict(DcmItem &ds, const DcmTagKey &tag, const char *name, int64_t dflt,
+                      int64_t min, int64_t max, int64_t *ret, const Source &src, xr_error *err)
 {
     *ret = dflt;
     DcmElement *elem = nullptr;
@@ -206,6 +266,21 @@ xr_code get_is(DcmItem &ds, const DcmTagKey &tag, const char *name, int64_t dflt
                     ", %" PRId64 "])",
                     name, tag.getGroup(), tag.getElement(), value.c_str(), min, max);
     *ret = v;
+    return XR_OK;
+}
+
+/* IS attribute, repaired: a malformed value becomes dflt and is noted. */
+xr_code get_is(DcmItem &ds, const DcmTagKey &tag, const char *name, int64_t dflt, int64_t min,
+               int64_t max, int64_t *ret, const Source &src, xr_error *err, dicom_header *repair)
+{
+    xr_error local = XR_ERROR_INIT;
+    if (get_is_strict(ds, tag, name, dflt, min, max, ret, src, &local) == XR_OK)
+        return XR_OK;
+    (void)err;
+    *ret = dflt;
+    /* local.msg names the value and the range; keep its tail after the file name. */
+    const char *why = strstr(local.msg, "invalid value");
+    note_repair(repair, name, tag, "%s, ignored", why ? why : "malformed value");
     return XR_OK;
 }
 
@@ -239,24 +314,22 @@ xr_code fill_header(DcmFileFormat &ff, const Source &src, dicom_header *ret, xr_
     memset(&h, 0, sizeof(h));
     xr_code rc;
     for (const StringAttr &a : string_attrs) {
+        /* The four UIDs come first in the table and are strict; the rest is repaired. */
+        bool strict = &a < &string_attrs[4];
         rc = copy_string(*ds, a.tag, a.name, reinterpret_cast<char *>(&h) + a.offset, a.size, src,
-                         err);
+                         err, strict ? nullptr : &h);
         if (rc != XR_OK)
             return rc;
-        /* The two UIDs come first in the table: garbage is called garbage, not "too long". */
-        if (&a == &string_attrs[1]) {
-            if (h.sop_class_uid[0] == '\0')
-                return fail(err, XR_E_INPUT, src,
-                            "not a DICOM file: no SOP Class UID (0008,0016) in the data set");
-            if (h.sop_instance_uid[0] == '\0')
-                return fail(err, XR_E_INPUT, src,
-                            "not a DICOM file: no SOP Instance UID (0008,0018) in the data set");
-        }
+        /* Garbage is called garbage, not "too long" or "lacks a UID". */
+        if (&a == &string_attrs[1] && h.sop_class_uid[0] == '\0' && h.sop_instance_uid[0] == '\0')
+            return fail(err, XR_E_INPUT, src,
+                        "not a DICOM file: neither SOP Class UID (0008,0016) nor SOP Instance "
+                        "UID (0008,0018) in the data set");
     }
     /* DX objects carry the side in Image Laterality; Laterality is the series-level one. */
     if (h.laterality[0] == '\0') {
         rc = copy_string(*ds, DCM_ImageLaterality, "ImageLaterality", h.laterality,
-                         sizeof(h.laterality), src, err);
+                         sizeof(h.laterality), src, err, &h);
         if (rc != XR_OK)
             return rc;
     }
@@ -276,32 +349,32 @@ xr_code fill_header(DcmFileFormat &ff, const Source &src, dicom_header *ret, xr_
 
     int64_t v;
     if ((rc = get_is(*ds, DCM_SeriesNumber, "SeriesNumber", -1, INT32_MIN, INT32_MAX, &v, src,
-                     err)) != XR_OK)
+                     err, &h)) != XR_OK)
         return rc;
     h.series_number = (int32_t)v;
     if ((rc = get_is(*ds, DCM_InstanceNumber, "InstanceNumber", -1, INT32_MIN, INT32_MAX, &v, src,
-                     err)) != XR_OK)
+                     err, &h)) != XR_OK)
         return rc;
     h.instance_number = (int32_t)v;
-    if ((rc = get_is(*ds, DCM_NumberOfFrames, "NumberOfFrames", 1, 1, INT32_MAX, &v, src, err)) !=
+    if ((rc = get_is(*ds, DCM_NumberOfFrames, "NumberOfFrames", 1, 1, INT32_MAX, &v, src, err, &h)) !=
         XR_OK)
         return rc;
     h.number_of_frames = (uint32_t)v;
 
     uint16_t u;
-    if ((rc = get_us(*ds, DCM_Rows, "Rows", 0, &u, src, err)) != XR_OK)
+    if ((rc = get_us(*ds, DCM_Rows, "Rows", 0, &u, src, err, &h)) != XR_OK)
         return rc;
     h.rows = u;
-    if ((rc = get_us(*ds, DCM_Columns, "Columns", 0, &u, src, err)) != XR_OK)
+    if ((rc = get_us(*ds, DCM_Columns, "Columns", 0, &u, src, err, &h)) != XR_OK)
         return rc;
     h.columns = u;
-    if ((rc = get_us(*ds, DCM_BitsAllocated, "BitsAllocated", 0, &h.bits_allocated, src, err)) !=
+    if ((rc = get_us(*ds, DCM_BitsAllocated, "BitsAllocated", 0, &h.bits_allocated, src, err, &h)) !=
         XR_OK)
         return rc;
-    if ((rc = get_us(*ds, DCM_BitsStored, "BitsStored", 0, &h.bits_stored, src, err)) != XR_OK)
+    if ((rc = get_us(*ds, DCM_BitsStored, "BitsStored", 0, &h.bits_stored, src, err, &h)) != XR_OK)
         return rc;
     if ((rc = get_us(*ds, DCM_SamplesPerPixel, "SamplesPerPixel", 0, &h.samples_per_pixel, src,
-                     err)) != XR_OK)
+                     err, &h)) != XR_OK)
         return rc;
 
     h.has_pixel_data = ds->tagExists(DCM_PixelData, OFFalse);

@@ -221,6 +221,15 @@ typedef struct dicom_header {
     char photometric_interpretation[17];
     char specific_character_set[65];
     bool has_pixel_data;     /* (7FE0,0010) present; its value is never loaded */
+    /*
+     * Descriptive attributes that were malformed (overlong, wrong VR, not a number) are repaired
+     * rather than refused, so that one bad field cannot make an object unregistrable: strings
+     * are cut to their field, numbers fall back to their "absent" value. n_repairs counts them;
+     * repairs describes the first ones ("PatientBirthDate (0010,0030): 56 bytes, cut to 8").
+     * UIDs are never repaired: a malformed UID is an error.
+     */
+    uint32_t n_repairs;
+    char repairs[256];
 } dicom_header;
 
 /*

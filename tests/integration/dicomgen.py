@@ -19,6 +19,7 @@ Run as a script to write a sample set for manual tests:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import datetime
 import os
 import pathlib
@@ -174,11 +175,15 @@ def make_dataset(kind: str = "CR", *, patient_id: str = "XRT-P0", patient_name: 
     ds.SpecificCharacterSet = "ISO_IR 100"
     ds.SOPClassUID = SOP[kind]
     ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    # Study-level values must agree across a study's instances (as a modality's do), or the
+    # registry would see each instance as a header change of its study: derive them from the UID.
+    study_instance_uid = study_instance_uid or generate_uid(UID_PREFIX)
+    study_key = int(hashlib.sha256(study_instance_uid.encode()).hexdigest(), 16)
     ds.StudyDate = now.strftime("%Y%m%d")
-    ds.StudyTime = now.strftime("%H%M%S")
-    ds.ContentDate = ds.StudyDate
-    ds.ContentTime = ds.StudyTime
-    ds.AccessionNumber = f"A{rng.randrange(10**9):09d}"
+    ds.StudyTime = f"{study_key % 24:02d}{study_key // 24 % 60:02d}{study_key // 1440 % 60:02d}"
+    ds.ContentDate = now.strftime("%Y%m%d")
+    ds.ContentTime = now.strftime("%H%M%S")
+    ds.AccessionNumber = f"A{study_key // 86400 % 10**9:09d}"
     ds.Modality = MODALITY[kind]
     if kind in ("SC", "MF_BYTE_SC", "MF_WORD_SC"):
         ds.ConversionType = "WSD"
@@ -198,7 +203,7 @@ def make_dataset(kind: str = "CR", *, patient_id: str = "XRT-P0", patient_name: 
         ds.ViewPosition = "AP"
     elif kind == "CR":
         ds.ViewPosition = "PA"
-    ds.StudyInstanceUID = study_instance_uid or generate_uid(UID_PREFIX)
+    ds.StudyInstanceUID = study_instance_uid
     ds.SeriesInstanceUID = series_instance_uid or generate_uid(UID_PREFIX)
     ds.StudyID = "1"
     ds.SeriesNumber = series_number

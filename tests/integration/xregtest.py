@@ -153,7 +153,8 @@ class Postgres:
                                stderr=subprocess.STDOUT, timeout=120)
             if r.returncode != 0:
                 out.seek(0)
-                raise RuntimeError(f"pg_ctl {' '.join(args)} failed ({r.returncode}): {out.read().decode(errors='replace')}")
+                text = out.read().decode(errors="replace")
+                raise RuntimeError(f"pg_ctl {' '.join(args)} failed ({r.returncode}): {text}")
 
     def stop(self) -> None:
         self._pg_ctl("stop", "-m", "fast")
