@@ -64,6 +64,43 @@ xr_code xr_fs_mkdir_p(const char *dir, unsigned mode, xr_error *err)
     return XR_OK;
 }
 
+/* Write all of data to fd; errno is kept on failure. */
+static bool write_all(int fd, const void *data, size_t n)
+{
+    const char *p = data;
+    while (n > 0) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return false;
+        }
+        p += w;
+        n -= (size_t)w;
+    }
+    return true;
+}
+
+xr_code xr_fs_write_new_sync(const char *path, const void *data, size_t n, xr_error *err)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
+    if (fd < 0)
+        return xr_error_errno(err, errno, "could not create \"%s\"", path);
+    const char *what = "write";
+    if (!write_all(fd, data, n) || (what = "fsync", fsync(fd) < 0)) {
+        int e = errno;
+        close(fd);
+        unlink(path);
+        return xr_error_errno(err, e, "could not %s \"%s\"", what, path);
+    }
+    if (close(fd) < 0) {
+        int e = errno;
+        unlink(path);
+        return xr_error_errno(err, e, "could not close \"%s\"", path);
+    }
+    return XR_OK;
+}
+
 xr_code xr_fs_write_atomic(const char *path, const void *data, size_t n, xr_error *err)
 {
     char tmp[PATH_MAX];
@@ -82,20 +119,11 @@ xr_code xr_fs_write_atomic(const char *path, const void *data, size_t n, xr_erro
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
     if (fd < 0)
         return xr_error_errno(err, errno, "could not create \"%s\"", tmp);
-    const char *p = data;
-    size_t left = n;
-    while (left > 0) {
-        ssize_t w = write(fd, p, left);
-        if (w < 0) {
-            if (errno == EINTR)
-                continue;
-            int e = errno;
-            close(fd);
-            unlink(tmp);
-            return xr_error_errno(err, e, "could not write \"%s\"", tmp);
-        }
-        p += w;
-        left -= (size_t)w;
+    if (!write_all(fd, data, n)) {
+        int e = errno;
+        close(fd);
+        unlink(tmp);
+        return xr_error_errno(err, e, "could not write \"%s\"", tmp);
     }
     if (fsync(fd) < 0) {
         int e = errno;

@@ -28,6 +28,14 @@ __attribute__((warn_unused_result)) xr_code xr_fs_mkdir_p(const char *dir, unsig
 __attribute__((warn_unused_result)) xr_code xr_fs_write_atomic(const char *path, const void *data,
                                                                size_t n, xr_error *err);
 /*
+ * Create path (which must not exist), write data and fsync it; no rename. For files that are
+ * renamed into place by the caller, whose directory fsync then makes both durable. On failure
+ * path is removed.
+ */
+__attribute__((warn_unused_result)) xr_code xr_fs_write_new_sync(const char *path,
+                                                                 const void *data, size_t n,
+                                                                 xr_error *err);
+/*
  * Read a whole file (at most max_bytes) into a malloc'ed, NUL-terminated buffer; the caller
  * frees *ret_data with free().
  */

@@ -363,8 +363,9 @@ xr_code spool_commit(spool *sp, const char *tmp_path, uint64_t n_bytes, const sp
         rc = xr_error_set(err, XR_E_NOMEM, "out of memory formatting the spool record");
         goto fail;
     }
-    /* The record lands first: a .meta alone is an unfinished commit, removed at start. */
-    rc = xr_fs_write_atomic(meta_tmp, text, n, err);
+    /* The record lands first: a .meta alone is an unfinished commit, removed at start. Both
+     * renames below are made durable by the one fsync of incoming/ at the end. */
+    rc = xr_fs_write_new_sync(meta_tmp, text, n, err);
     if (rc)
         goto fail;
     if (rename(meta_tmp, meta_path) < 0) {

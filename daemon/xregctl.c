@@ -97,10 +97,14 @@ out:
     return ret;
 }
 
-int main(int argc, char **argv)
+typedef struct ctl_opts {
+    const char *config_path;
+    bool quiet;
+} ctl_opts;
+
+/* Parse options from argv[optind]; returns -1 to go on, else the exit code. */
+static int parse_opts(int argc, char **argv, ctl_opts *o)
 {
-    const char *config_path = XREG_SYSCONFDIR "/xregd.yaml";
-    bool quiet = false;
     static const struct option opts[] = {
         {"config", required_argument, NULL, 'c'},
         {"quiet", no_argument, NULL, 'q'},
@@ -109,14 +113,14 @@ int main(int argc, char **argv)
         {0},
     };
     int c;
-    /* "+": options stop at the command, so commands may have their own later. */
+    /* "+": stop at the first non-option, the command. */
     while ((c = getopt_long(argc, argv, "+c:qh", opts, NULL)) != -1) {
         switch (c) {
         case 'c':
-            config_path = optarg;
+            o->config_path = optarg;
             break;
         case 'q':
-            quiet = true;
+            o->quiet = true;
             break;
         case 'V':
             printf("xregctl %s\n", XREG_VERSION);
@@ -129,6 +133,15 @@ int main(int argc, char **argv)
             return 2;
         }
     }
+    return -1;
+}
+
+int main(int argc, char **argv)
+{
+    ctl_opts o = {.config_path = XREG_SYSCONFDIR "/xregd.yaml"};
+    int rc = parse_opts(argc, argv, &o);
+    if (rc >= 0)
+        return rc;
     if (optind >= argc) {
         usage(stderr);
         return 2;
@@ -139,34 +152,18 @@ int main(int argc, char **argv)
     int sargc = argc - optind;
     char **sargv = argv + optind;
     optind = 0;
-    while ((c = getopt_long(sargc, sargv, "+c:qh", opts, NULL)) != -1) {
-        switch (c) {
-        case 'c':
-            config_path = optarg;
-            break;
-        case 'q':
-            quiet = true;
-            break;
-        case 'V':
-            printf("xregctl %s\n", XREG_VERSION);
-            return 0;
-        case 'h':
-            usage(stdout);
-            return 0;
-        default:
-            usage(stderr);
-            return 2;
-        }
-    }
+    rc = parse_opts(sargc, sargv, &o);
+    if (rc >= 0)
+        return rc;
     if (optind < sargc) {
         fprintf(stderr, "xregctl: unexpected argument \"%s\"\n", sargv[optind]);
         return 2;
     }
-    log_setup(quiet ? XR_LOG_WARNING : XR_LOG_NOTICE);
+    log_setup(o.quiet ? XR_LOG_WARNING : XR_LOG_NOTICE);
     if (strcmp(cmd, "check-config") == 0)
-        return cmd_check_config(config_path, quiet);
+        return cmd_check_config(o.config_path, o.quiet);
     if (strcmp(cmd, "migrate") == 0)
-        return cmd_migrate(config_path, quiet);
+        return cmd_migrate(o.config_path, o.quiet);
     fprintf(stderr, "xregctl: unrecognized command \"%s\"\n", cmd);
     usage(stderr);
     return 2;
