@@ -74,6 +74,8 @@ static const config_key config_schema[] = {
      NULL},
     {"dicom.max_object_bytes", CONFIG_BYTES, OFF(dicom.max_object_bytes), "2GiB", 1 * KIB,
      (int64_t)XR_OBJECT_MAX_BYTES, false, NULL, NULL},
+    {"dicom.stop_timeout_s", CONFIG_INT, OFF(dicom.stop_timeout_s), "30", 1, 3600, true, NULL,
+     NULL},
     {"spool.dir", CONFIG_STRING, OFF(spool.dir), "", 0, 0, false, validate_abs_path_or_empty,
      "an absolute path, or \"\" for state_dir/spool"},
     {"spool.max_bytes", CONFIG_BYTES, OFF(spool.max_bytes), "10GiB", 64 * KIB, 1024 * TIB, true,
@@ -90,6 +92,9 @@ static const config_key config_schema[] = {
      NULL},
     {"log.level", CONFIG_STRING, OFF(log.level), "info", 0, 0, true, validate_log_level,
      "one of error, warning, notice, info, debug"},
+    {"metrics.bind", CONFIG_STRING, OFF(metrics.bind), "127.0.0.1", 0, 0, false, validate_bind,
+     "a numeric IPv4 or IPv6 address, or \"\" for 127.0.0.1"},
+    {"metrics.port", CONFIG_INT, OFF(metrics.port), "9112", 0, 65535, false, NULL, NULL},
 };
 
 #define N_KEYS (sizeof(config_schema) / sizeof(config_schema[0]))

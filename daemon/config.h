@@ -28,6 +28,7 @@ typedef struct xregd_config {
         int64_t acse_timeout_s;
         int64_t dimse_timeout_s;
         int64_t max_object_bytes;
+        int64_t stop_timeout_s;
     } dicom;
     struct {
         char *dir; /* resolved: never empty after load */
@@ -45,6 +46,10 @@ typedef struct xregd_config {
     struct {
         char *level;
     } log;
+    struct {
+        char *bind;
+        int64_t port; /* 0 = off */
+    } metrics;
     char *path; /* the file it was loaded from */
 } xregd_config;
 

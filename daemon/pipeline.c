@@ -12,13 +12,23 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 
 #include "dicom.h"
 #include "xr-log.h"
 #include "xr-migrations.h"
 #include "xr-utf8.h"
 
+typedef enum worker_state {
+    WORKER_IDLE,
+    WORKER_BUSY,
+    WORKER_SLEEPING,
+} worker_state;
+
 struct pipeline {
+    pipeline_params p; /* metric families */
+    pthread_mutex_t stats_lock;
+    pipeline_stats stats;
     spool *sp;
     char *conninfo;
     _Atomic int64_t retry_initial_ms;
@@ -35,7 +45,88 @@ typedef struct worker {
     pthread_t thread;
     bool started;
     registry *reg;
+    _Atomic int state;           /* worker_state */
+    _Atomic int64_t state_since_ms; /* CLOCK_MONOTONIC when state was entered */
+    _Atomic int64_t sleep_until_ms;
 } worker;
+
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static double mono_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void worker_set_state(worker *w, worker_state st)
+{
+    atomic_store(&w->state_since_ms, mono_ms());
+    atomic_store(&w->state, (int)st);
+}
+
+static int64_t real_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static void stats_ok(pipeline *pl, bool registered, bool set_aside)
+{
+    pthread_mutex_lock(&pl->stats_lock);
+    pl->stats.db_ok = true;
+    if (registered)
+        pl->stats.n_registered++;
+    if (set_aside)
+        pl->stats.n_set_aside++;
+    pthread_mutex_unlock(&pl->stats_lock);
+}
+
+static void stats_error(pipeline *pl, const xr_error *err, bool db)
+{
+    pthread_mutex_lock(&pl->stats_lock);
+    if (db)
+        pl->stats.db_ok = false;
+    pl->stats.n_retries++;
+    pl->stats.last_error_at_us = real_us();
+    snprintf(pl->stats.last_error, sizeof(pl->stats.last_error), "%s", err->msg);
+    pthread_mutex_unlock(&pl->stats_lock);
+}
+
+void pipeline_get_stats(pipeline *pl, pipeline_stats *ret)
+{
+    pthread_mutex_lock(&pl->stats_lock);
+    *ret = pl->stats;
+    pthread_mutex_unlock(&pl->stats_lock);
+}
+
+bool pipeline_is_progressing(pipeline *pl, int64_t stall_ms)
+{
+    int64_t now = mono_ms();
+    for (unsigned i = 0; i < pl->n_workers; i++) {
+        worker *w = &pl->workers[i];
+        switch ((worker_state)atomic_load(&w->state)) {
+        case WORKER_IDLE:
+            break;
+        case WORKER_BUSY:
+            if (now - atomic_load(&w->state_since_ms) > stall_ms)
+                return false;
+            break;
+        case WORKER_SLEEPING:
+            /* A backoff it chose itself, plus slack for the wake-up. */
+            if (now > atomic_load(&w->sleep_until_ms) + stall_ms)
+                return false;
+            break;
+        }
+    }
+    return true;
+}
 
 xr_code pipeline_migrate(registry *reg, unsigned *ret_applied, xr_error *err)
 {
@@ -82,6 +173,19 @@ static void actor_of(const spool_meta *m, char *buf, size_t n)
     snprintf(buf, n, "dicom:%s@%s", m->calling_ae, m->peer_host);
 }
 
+/* Move an acknowledged object aside and count it. */
+static void set_aside(worker *w, const spool_item *item, const spool_meta *meta,
+                      const char *metric_reason, const char *reason)
+{
+    xr_log_write(XR_LOG_ERR, "[%s] %s; moved to rejected/", item->id, reason);
+    spool_fail(w->pl->sp, item, meta, reason);
+    if (w->pl->p.failed_total)
+        metrics_counter_add(w->pl->p.failed_total, metric_reason, NULL, 1);
+    pthread_mutex_lock(&w->pl->stats_lock);
+    w->pl->stats.n_set_aside++;
+    pthread_mutex_unlock(&w->pl->stats_lock);
+}
+
 static xr_code process_rejection(worker *w, const spool_item *item, xr_error *err)
 {
     spool *sp = w->pl->sp;
@@ -110,8 +214,10 @@ static xr_code process_rejection(worker *w, const spool_item *item, xr_error *er
         .path = spool_item_path(sp, item, path, sizeof(path)),
     };
     rc = registry_rejection_record(w->reg, &rej, actor, err);
-    if (rc == XR_OK)
+    if (rc == XR_OK) {
+        stats_ok(w->pl, false, false);
         xr_log_write(XR_LOG_INFO, "[%s] rejection recorded", item->id);
+    }
     return rc;
 }
 
@@ -154,7 +260,10 @@ static xr_code process_instance(worker *w, const spool_item *item, xr_error *err
     }
 
     dicom_header h;
+    double t0 = mono_s();
     rc = dicom_header_read(path, &h, err);
+    if (w->pl->p.stage_seconds)
+        metrics_histogram_observe(w->pl->p.stage_seconds, "parse", mono_s() - t0);
     if (rc == XR_E_IO && err->sys_errno == ENOENT) {
         xr_log_write(XR_LOG_WARNING, "[%s] spooled object vanished (%s), ignoring", item->id,
                      err->msg);
@@ -163,16 +272,14 @@ static xr_code process_instance(worker *w, const spool_item *item, xr_error *err
     }
     if (rc) {
         snprintf(reason, sizeof(reason), "stored object no longer parses: %s", err->msg);
-        xr_log_write(XR_LOG_ERR, "[%s] %s; moved to rejected/", item->id, reason);
-        spool_fail(sp, item, &meta, reason);
+        set_aside(w, item, &meta, "corrupt", reason);
         return XR_OK;
     }
     if (!h.sop_instance_uid[0] || !h.study_instance_uid[0] || !h.series_instance_uid[0] ||
         !h.sop_class_uid[0]) {
         snprintf(reason, sizeof(reason),
                  "stored object lacks SOP Class, SOP Instance, Study or Series Instance UID");
-        xr_log_write(XR_LOG_ERR, "[%s] %s; moved to rejected/", item->id, reason);
-        spool_fail(sp, item, &meta, reason);
+        set_aside(w, item, &meta, "corrupt", reason);
         return XR_OK;
     }
     if (h.n_repairs)
@@ -223,8 +330,14 @@ static xr_code process_instance(worker *w, const spool_item *item, xr_error *err
     };
     actor_of(&meta, actor, sizeof(actor));
     bool inserted = false;
+    t0 = mono_s();
     rc = registry_instance_upsert(w->reg, &inst, actor, &inserted, err);
     if (rc == XR_OK) {
+        if (w->pl->p.stage_seconds)
+            metrics_histogram_observe(w->pl->p.stage_seconds, "register", mono_s() - t0);
+        if (w->pl->p.registered_total)
+            metrics_counter_add(w->pl->p.registered_total, inserted ? "new" : "known", NULL, 1);
+        stats_ok(w->pl, true, false);
         spool_done(sp, item);
         xr_log_write(XR_LOG_INFO, "[%s] registered %s (%s)", item->id, h.sop_instance_uid,
                      inserted ? "new" : "already known");
@@ -233,8 +346,9 @@ static xr_code process_instance(worker *w, const spool_item *item, xr_error *err
     if (rc == XR_E_INPUT) {
         /* The database refuses this object's data for good: keep it aside, go on. */
         snprintf(reason, sizeof(reason), "registry refused the object: %s", err->msg);
-        xr_log_write(XR_LOG_ERR, "[%s] %s; moved to rejected/", item->id, reason);
-        spool_fail(sp, item, &meta, reason);
+        set_aside(w, item, &meta, "registry_refused", reason);
+        if (w->pl->p.db_errors_total)
+            metrics_counter_add(w->pl->p.db_errors_total, "permanent", NULL, 1);
         return XR_OK;
     }
     return rc;
@@ -250,7 +364,9 @@ static void *worker_main(void *arg)
 
     spool_item item;
     int64_t backoff_ms = 0;
+    worker_set_state(w, WORKER_IDLE);
     while (spool_next(pl->sp, &item)) {
+        worker_set_state(w, WORKER_BUSY);
         for (;;) {
             xr_error err = XR_ERROR_INIT;
             xr_code rc = worker_connect(w, &err);
@@ -263,6 +379,12 @@ static void *worker_main(void *arg)
                 backoff_ms = 0;
                 break;
             }
+            stats_error(pl, &err, err.sqlstate[0] || rc == XR_E_TRANSIENT);
+            if (pl->p.db_errors_total)
+                metrics_counter_add(pl->p.db_errors_total,
+                                    rc == XR_E_TRANSIENT ? "transient" : "permanent", NULL, 1);
+            if (pl->p.db_retries_total)
+                metrics_counter_add(pl->p.db_retries_total, NULL, NULL, 1);
             int64_t initial = atomic_load(&pl->retry_initial_ms);
             int64_t max = atomic_load(&pl->retry_max_ms);
             backoff_ms = backoff_ms ? backoff_ms * 2 : initial;
@@ -274,9 +396,13 @@ static void *worker_main(void *arg)
                          "[%s] worker %u: %s%s%s%s, retrying in %" PRId64 " ms", item.id,
                          w->index, err.msg, err.sqlstate[0] ? " (SQLSTATE " : "",
                          err.sqlstate, err.sqlstate[0] ? ")" : "", backoff_ms);
+            atomic_store(&w->sleep_until_ms, mono_ms() + backoff_ms);
+            worker_set_state(w, WORKER_SLEEPING);
             if (!spool_sleep(pl->sp, backoff_ms))
                 goto out; /* shutting down: the object stays in the spool */
+            worker_set_state(w, WORKER_BUSY);
         }
+        worker_set_state(w, WORKER_IDLE);
     }
 out:
     w->reg = registry_close(w->reg);
@@ -288,6 +414,10 @@ xr_code pipeline_start(const pipeline_params *params, pipeline **ret_pl, xr_erro
     pipeline *pl = calloc(1, sizeof(*pl));
     if (!pl)
         return xr_error_set(err, XR_E_NOMEM, "out of memory");
+    pl->p = *params;
+    pl->p.conninfo = NULL;
+    pthread_mutex_init(&pl->stats_lock, NULL);
+    pl->stats.db_ok = params->migrated;
     pl->sp = params->sp;
     pl->migrated = params->migrated;
     pthread_mutex_init(&pl->migrate_lock, NULL);
@@ -323,6 +453,7 @@ pipeline *pipeline_stop(pipeline *pl)
         if (pl->workers[i].started)
             pthread_join(pl->workers[i].thread, NULL);
     pthread_mutex_destroy(&pl->migrate_lock);
+    pthread_mutex_destroy(&pl->stats_lock);
     free(pl->workers);
     free(pl->conninfo);
     free(pl);

@@ -71,6 +71,22 @@ size_t spool_depth(spool *sp)
     return n;
 }
 
+int64_t spool_oldest_us(spool *sp)
+{
+    /* IDs start with the reception time; the queue is in arrival order (recovery sorts). */
+    int64_t oldest = 0;
+    pthread_mutex_lock(&sp->lock);
+    for (size_t i = 0; i < sp->n && i < 64; i++) {
+        const spool_item *it = &sp->ring[(sp->head + i) % sp->cap];
+        if (it->kind != SPOOL_KIND_INCOMING)
+            continue;
+        oldest = strtoll(it->id, NULL, 10);
+        break;
+    }
+    pthread_mutex_unlock(&sp->lock);
+    return oldest;
+}
+
 uint64_t spool_bytes(spool *sp)
 {
     return atomic_load(&sp->bytes);

@@ -128,6 +128,8 @@ __attribute__((warn_unused_result)) xr_code spool_meta_parse(const char *text, s
                                                              char *ret_reason, size_t reason_bytes,
                                                              xr_error *err);
 
+/* Reception time (Unix microseconds) of the oldest object waiting in the queue, 0 if none. */
+int64_t spool_oldest_us(spool *sp);
 /* Queue depth and bytes waiting in incoming/. */
 size_t spool_depth(spool *sp);
 uint64_t spool_bytes(spool *sp);

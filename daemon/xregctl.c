@@ -2,6 +2,7 @@
  * xregctl: the admin command line. Subcommands reuse the daemon's own modules (the same
  * configuration loader, the same migrations), so what it accepts the daemon accepts.
  */
+#include <curl/curl.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,7 +22,8 @@ static void usage(FILE *f)
             "Administer an xreg registry.\n\n"
             "Commands:\n"
             "  check-config   validate the configuration file and print the effective values\n"
-            "  migrate        apply the registry's database migrations\n\n"
+            "  migrate        apply the registry's database migrations\n"
+            "  status [--json]  one screen of the running xregd's state (from its metrics port)\n\n"
             "Options:\n"
             "  -c, --config PATH  configuration file (default %s/xregd.yaml)\n"
             "  -q, --quiet        print only errors\n"
@@ -100,7 +102,78 @@ out:
 typedef struct ctl_opts {
     const char *config_path;
     bool quiet;
+    bool json;
 } ctl_opts;
+
+static size_t collect(char *ptr, size_t size, size_t nmemb, void *userdata)
+{
+    FILE *f = userdata;
+    return fwrite(ptr, size, nmemb, f);
+}
+
+/* Ask the running xregd (its metrics endpoint, from the same configuration) for its status. */
+static int cmd_status(const ctl_opts *o)
+{
+    xregd_config *cfg;
+    xr_error err = XR_ERROR_INIT;
+    if (config_load(o->config_path, &cfg, &err)) {
+        fprintf(stderr, "%s\n", err.msg);
+        return 1;
+    }
+    if (cfg->metrics.port == 0) {
+        fprintf(stderr, "status: metrics.port is 0 in \"%s\", so xregd serves no status\n",
+                o->config_path);
+        config_free(cfg);
+        return 1;
+    }
+    /* A wildcard bind is reached on loopback. */
+    const char *host = cfg->metrics.bind;
+    bool v6 = strchr(host, ':') != NULL;
+    if (!host[0] || strcmp(host, "0.0.0.0") == 0)
+        host = "127.0.0.1";
+    else if (strcmp(host, "::") == 0)
+        host = "::1";
+    char url[256];
+    snprintf(url, sizeof(url), "http://%s%s%s:%lld/status%s", v6 ? "[" : "", host, v6 ? "]" : "",
+             (long long)cfg->metrics.port, o->json ? "" : "?format=text");
+    config_free(cfg);
+
+    char *body = NULL;
+    size_t n = 0;
+    FILE *f = open_memstream(&body, &n);
+    CURL *curl = curl_easy_init();
+    if (!f || !curl) {
+        fprintf(stderr, "status: out of memory\n");
+        if (f)
+            fclose(f);
+        free(body);
+        return 1;
+    }
+    char errbuf[CURL_ERROR_SIZE] = "";
+    curl_easy_setopt(curl, CURLOPT_URL, url);
+    curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, collect);
+    curl_easy_setopt(curl, CURLOPT_WRITEDATA, f);
+    curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, errbuf);
+    curl_easy_setopt(curl, CURLOPT_TIMEOUT, 10L);
+    curl_easy_setopt(curl, CURLOPT_NOPROXY, "*");
+    CURLcode cc = curl_easy_perform(curl);
+    long http_code = 0;
+    curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &http_code);
+    curl_easy_cleanup(curl);
+    fclose(f);
+    int ret = 0;
+    if (cc != CURLE_OK) {
+        fprintf(stderr, "status: could not reach xregd at %s: %s (is it running?)\n", url,
+                errbuf[0] ? errbuf : curl_easy_strerror(cc));
+        ret = 3; /* like systemctl status for a unit that is not running */
+    } else if (http_code != 200) {
+        fprintf(stderr, "status: %s answered HTTP %ld\n", url, http_code);
+        ret = 1;
+    } else
+        fwrite(body, 1, n, stdout);
+    free(body);
+    return ret;
+}
 
 /* Parse options from argv[optind]; returns -1 to go on, else the exit code. */
 static int parse_opts(int argc, char **argv, ctl_opts *o)
@@ -108,6 +181,7 @@ static int parse_opts(int argc, char **argv, ctl_opts *o)
     static const struct option opts[] = {
         {"config", required_argument, NULL, 'c'},
         {"quiet", no_argument, NULL, 'q'},
+        {"json", no_argument, NULL, 'j'},
         {"version", no_argument, NULL, 'V'},
         {"help", no_argument, NULL, 'h'},
         {0},
@@ -121,6 +195,9 @@ static int parse_opts(int argc, char **argv, ctl_opts *o)
             break;
         case 'q':
             o->quiet = true;
+            break;
+        case 'j':
+            o->json = true;
             break;
         case 'V':
             printf("xregctl %s\n", XREG_VERSION);
@@ -164,6 +241,8 @@ int main(int argc, char **argv)
         return cmd_check_config(o.config_path, o.quiet);
     if (strcmp(cmd, "migrate") == 0)
         return cmd_migrate(o.config_path, o.quiet);
+    if (strcmp(cmd, "status") == 0)
+        return cmd_status(&o);
     fprintf(stderr, "xregctl: unrecognized command \"%s\"\n", cmd);
     usage(stderr);
     return 2;

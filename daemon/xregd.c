@@ -2,15 +2,18 @@
  * xregd: the xreg daemon. DICOM storage SCP -> durable spool -> pipeline workers -> registry.
  *
  * DESIGN (threads)
- * - main: loads the configuration, recovers the spool, migrates, starts the others, then waits
- *   on a signalfd: SIGHUP reloads, SIGTERM/SIGINT stop. Signal work happens here, not in
- *   handlers.
- * - "xreg-scp": dicom_scp_run; DCMTK runs one thread per association. Association threads only
+ * - main: loads the configuration, recovers the spool, migrates, starts the others, then runs an
+ *   epoll loop over a signalfd (SIGHUP reloads, SIGTERM/SIGINT stop) and a timerfd (STATUS=
+ *   updates, WATCHDOG=1 while the pipeline makes progress). Signal work happens in the loop, not
+ *   in handlers.
+ * - "xreg-scp": dicom_scp_run; dicom/ runs one thread per association. Association threads only
  *   receive, fsync into the spool and acknowledge (on_store below); they never decode or touch
  *   the database.
  * - "xreg-worker-N": pipeline workers (pipeline.h).
- * Stop order: stop accepting, wait for associations in flight, wake the workers (each finishes
- * its current object), join, stop the embedded PostgreSQL if we started it.
+ * - the metrics HTTP server's thread (metrics.h): reads counters and calls status_text/json.
+ * Stop order: stop accepting, wait for associations in flight (at most dicom.stop_timeout_s),
+ * wake the workers (each finishes its current object), join, stop the embedded PostgreSQL if we
+ * started it. Objects not yet registered stay in the spool for the next start.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -21,7 +24,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/signalfd.h>
+#include <sys/timerfd.h>
 #include <systemd/sd-daemon.h>
 #include <time.h>
 #include <unistd.h>
@@ -29,6 +34,7 @@
 #include "config.h"
 #include "dicom.h"
 #include "log.h"
+#include "metrics.h"
 #include "pgembed.h"
 #include "pipeline.h"
 #include "registry.h"
@@ -36,14 +42,36 @@
 #include "xr-config.h"
 #include "xr-fs.h"
 
+/* Metric families; created in main before any thread starts. */
+typedef struct daemon_metrics {
+    metrics *m;
+    metrics_counter *assoc_total;     /* calling_ae */
+    metrics_counter *assoc_rejected;  /* calling_ae */
+    metrics_counter *instances_total; /* outcome, reason */
+    metrics_histogram *stage_seconds; /* stage */
+    metrics_histogram *inference_seconds; /* model; no models yet */
+    metrics_counter *registered_total;
+    metrics_counter *failed_total;
+    metrics_counter *db_errors_total;
+    metrics_counter *db_retries_total;
+} daemon_metrics;
+
 typedef struct daemon_ctx {
     spool *sp;
     dicom_scp *scp;
     pipeline *pl;
     xregd_config *cfg;
+    daemon_metrics dm;
+    const char *conninfo; /* for the readiness probe */
+    int64_t started_us;
     _Atomic uint64_t n_stored;
     _Atomic uint64_t n_rejected;
     _Atomic uint64_t n_refused; /* A700 */
+    _Atomic bool ready;
+    _Atomic int64_t stop_timeout_s;
+    pthread_mutex_t scp_lock; /* run() returned: scp_done, scp_cond */
+    pthread_cond_t scp_cond;
+    bool scp_done;
 } daemon_ctx;
 
 static int64_t now_us(void)
@@ -53,19 +81,28 @@ static int64_t now_us(void)
     return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
+static double mono_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
 #define ASSOC_FMT "[assoc %" PRIu64 " \"%s\"@%s]"
 #define ASSOC_ARGS(a) (a)->id, (a)->calling_ae, (a)->peer_host
 
 static void on_assoc(void *userdata, const dicom_assoc_info *a, dicom_assoc_event ev,
                      const char *text)
 {
-    (void)userdata;
+    daemon_ctx *ctx = userdata;
     switch (ev) {
     case DICOM_ASSOC_ACCEPTED:
-        log_info(ASSOC_FMT " association accepted (called \"%s\"%s%s)", ASSOC_ARGS(a),
-                 a->called_ae, text ? ", " : "", text ? text : "");
+        metrics_counter_add(ctx->dm.assoc_total, a->calling_ae, NULL, 1);
+        log_info(ASSOC_FMT " association accepted (called \"%s\", %s presentation contexts)",
+                 ASSOC_ARGS(a), a->called_ae, text ? text : "?");
         break;
     case DICOM_ASSOC_REJECTED:
+        metrics_counter_add(ctx->dm.assoc_rejected, a->calling_ae, NULL, 1);
         log_notice(ASSOC_FMT " association rejected: %s (called \"%s\")", ASSOC_ARGS(a),
                    text ? text : "no reason given", a->called_ae);
         break;
@@ -98,12 +135,13 @@ static void meta_from_request(const dicom_store_request *req, spool_meta *m)
 
 /* Keep a refused object with its reason; the status goes back to the peer. */
 static uint16_t reject(daemon_ctx *ctx, const dicom_store_request *req, const spool_meta *meta,
-                       uint16_t status, const char *reason, const char *comment_text,
-                       char *comment, size_t comment_bytes)
+                       uint16_t status, const char *metric_reason, const char *reason,
+                       const char *comment_text, char *comment, size_t comment_bytes)
 {
     char id[SPOOL_ID_BYTES];
     xr_error err = XR_ERROR_INIT;
     atomic_fetch_add(&ctx->n_rejected, 1);
+    metrics_counter_add(ctx->dm.instances_total, "rejected", metric_reason, 1);
     snprintf(comment, comment_bytes, "%s", comment_text);
     if (spool_reject(ctx->sp, req->path, meta, status, reason, id, &err)) {
         log_error(ASSOC_FMT " C-STORE %s refused (status %04X: %s) and could not be kept: %s",
@@ -119,6 +157,7 @@ static uint16_t on_store(void *userdata, const dicom_store_request *req, char *c
                          size_t comment_bytes)
 {
     daemon_ctx *ctx = userdata;
+    double t0 = mono_s();
     spool_meta meta;
     meta_from_request(req, &meta);
     dicom_header h;
@@ -127,7 +166,7 @@ static uint16_t on_store(void *userdata, const dicom_store_request *req, char *c
 
     if (dicom_header_read(req->path, &h, &err)) {
         snprintf(reason, sizeof(reason), "data set does not parse: %s", err.msg);
-        return reject(ctx, req, &meta, DICOM_STATUS_CANNOT_UNDERSTAND, reason,
+        return reject(ctx, req, &meta, DICOM_STATUS_CANNOT_UNDERSTAND, "unparseable", reason,
                       "data set could not be parsed", comment, comment_bytes);
     }
     const char *missing = !h.sop_instance_uid[0]      ? "SOP Instance UID (0008,0018)"
@@ -137,14 +176,14 @@ static uint16_t on_store(void *userdata, const dicom_store_request *req, char *c
                                                       : NULL;
     if (missing) {
         snprintf(reason, sizeof(reason), "data set lacks %s", missing);
-        return reject(ctx, req, &meta, DICOM_STATUS_DATASET_MISMATCH, reason, reason, comment,
-                      comment_bytes);
+        return reject(ctx, req, &meta, DICOM_STATUS_DATASET_MISMATCH, "missing_uid", reason,
+                      reason, comment, comment_bytes);
     }
     if (strcmp(h.sop_instance_uid, req->sop_instance_uid) != 0) {
         snprintf(reason, sizeof(reason),
                  "SOP Instance UID in the data set (%s) differs from the command's (%s)",
                  h.sop_instance_uid, req->sop_instance_uid);
-        return reject(ctx, req, &meta, DICOM_STATUS_DATASET_MISMATCH, reason,
+        return reject(ctx, req, &meta, DICOM_STATUS_DATASET_MISMATCH, "uid_mismatch", reason,
                       "SOP Instance UID differs between command and data set", comment,
                       comment_bytes);
     }
@@ -152,7 +191,7 @@ static uint16_t on_store(void *userdata, const dicom_store_request *req, char *c
         snprintf(reason, sizeof(reason),
                  "SOP Class UID in the data set (%s) differs from the command's (%s)",
                  h.sop_class_uid, req->sop_class_uid);
-        return reject(ctx, req, &meta, DICOM_STATUS_DATASET_MISMATCH, reason,
+        return reject(ctx, req, &meta, DICOM_STATUS_DATASET_MISMATCH, "uid_mismatch", reason,
                       "SOP Class UID differs between command and data set", comment,
                       comment_bytes);
     }
@@ -161,6 +200,8 @@ static uint16_t on_store(void *userdata, const dicom_store_request *req, char *c
     xr_code rc = spool_commit(ctx->sp, req->path, req->n_bytes, &meta, id, &err);
     if (rc) {
         atomic_fetch_add(&ctx->n_refused, 1);
+        metrics_counter_add(ctx->dm.instances_total, "refused",
+                            rc == XR_E_LIMIT ? "spool_full" : "io_error", 1);
         log_warning(ASSOC_FMT " C-STORE %s refused with status A700: %s", ASSOC_ARGS(req->assoc),
                     req->sop_instance_uid, err.msg);
         snprintf(comment, comment_bytes, "%s",
@@ -168,6 +209,8 @@ static uint16_t on_store(void *userdata, const dicom_store_request *req, char *c
         return DICOM_STATUS_OUT_OF_RESOURCES;
     }
     atomic_fetch_add(&ctx->n_stored, 1);
+    metrics_counter_add(ctx->dm.instances_total, "stored", "", 1);
+    metrics_histogram_observe(ctx->dm.stage_seconds, "spool", mono_s() - t0);
     log_info(ASSOC_FMT " stored %s (%s, %" PRIu64 " bytes, %s) as %s", ASSOC_ARGS(req->assoc),
              req->sop_instance_uid,
              dicom_uid_name(req->sop_class_uid) ? dicom_uid_name(req->sop_class_uid)
@@ -179,11 +222,12 @@ static uint16_t on_store(void *userdata, const dicom_store_request *req, char *c
     return DICOM_STATUS_SUCCESS;
 }
 
-static void on_store_failed(void *userdata, const dicom_assoc_info *a, const char *sop_instance_uid,
-                            const xr_error *why)
+static void on_store_failed(void *userdata, const dicom_assoc_info *a,
+                            const char *sop_instance_uid, const xr_error *why)
 {
     daemon_ctx *ctx = userdata;
     atomic_fetch_add(&ctx->n_refused, 1);
+    metrics_counter_add(ctx->dm.instances_total, "refused", "receive_failed", 1);
     log_warning(ASSOC_FMT " C-STORE %s could not be received: %s", ASSOC_ARGS(a),
                 sop_instance_uid ? sop_instance_uid : "(unknown)", why->msg);
 }
@@ -198,8 +242,222 @@ static void *scp_main(void *arg)
         /* Without a listener nothing can arrive: ask main to stop so systemd restarts us. */
         kill(getpid(), SIGTERM);
     }
+    pthread_mutex_lock(&ctx->scp_lock);
+    ctx->scp_done = true;
+    pthread_cond_signal(&ctx->scp_cond);
+    pthread_mutex_unlock(&ctx->scp_lock);
     return NULL;
 }
+
+/* ---- metrics, health and status ------------------------------------------------------------ */
+
+static double gauge_spool_objects(void *userdata)
+{
+    return (double)spool_depth(((daemon_ctx *)userdata)->sp);
+}
+
+static double gauge_spool_bytes(void *userdata)
+{
+    return (double)spool_bytes(((daemon_ctx *)userdata)->sp);
+}
+
+static double gauge_spool_oldest_age(void *userdata)
+{
+    int64_t oldest = spool_oldest_us(((daemon_ctx *)userdata)->sp);
+    return oldest ? (double)(now_us() - oldest) / 1e6 : 0.0;
+}
+
+static double gauge_assoc_active(void *userdata)
+{
+    daemon_ctx *ctx = userdata;
+    return ctx->scp ? (double)dicom_scp_active(ctx->scp) : 0.0;
+}
+
+static double gauge_start_time(void *userdata)
+{
+    return (double)((daemon_ctx *)userdata)->started_us / 1e6;
+}
+
+static xr_code metrics_setup(daemon_ctx *ctx, xr_error *err)
+{
+    daemon_metrics *dm = &ctx->dm;
+    const double *b = metrics_latency_buckets;
+    size_t nb = metrics_n_latency_buckets;
+    dm->m = metrics_new();
+    if (!dm->m ||
+        !(dm->assoc_total = metrics_counter_new(dm->m, "xreg_associations_total",
+                                                "DICOM associations accepted", "calling_ae",
+                                                NULL)) ||
+        !(dm->assoc_rejected = metrics_counter_new(dm->m, "xreg_associations_rejected_total",
+                                                   "DICOM associations rejected at negotiation",
+                                                   "calling_ae", NULL)) ||
+        !metrics_gauge_fn_new(dm->m, "xreg_associations_active",
+                              "DICOM associations in progress", gauge_assoc_active, ctx) ||
+        !(dm->instances_total = metrics_counter_new(
+              dm->m, "xreg_instances_received_total",
+              "C-STORE requests by outcome (stored, rejected: kept in rejected/, refused: A700) "
+              "and reason",
+              "outcome", "reason")) ||
+        !(dm->registered_total = metrics_counter_new(
+              dm->m, "xreg_instances_registered_total",
+              "Spooled objects written to the registry (new, or already known)", "result",
+              NULL)) ||
+        !(dm->failed_total = metrics_counter_new(
+              dm->m, "xreg_instances_set_aside_total",
+              "Acknowledged objects moved to rejected/ by the pipeline", "reason", NULL)) ||
+        !metrics_gauge_fn_new(dm->m, "xreg_spool_objects", "Objects waiting in the spool queue",
+                              gauge_spool_objects, ctx) ||
+        !metrics_gauge_fn_new(dm->m, "xreg_spool_bytes", "Bytes of objects waiting in the spool",
+                              gauge_spool_bytes, ctx) ||
+        !metrics_gauge_fn_new(dm->m, "xreg_spool_oldest_age_seconds",
+                              "Age of the oldest object waiting in the spool",
+                              gauge_spool_oldest_age, ctx) ||
+        !(dm->stage_seconds = metrics_histogram_new(
+              dm->m, "xreg_stage_seconds",
+              "Latency per pipeline stage (spool: parse+fsync+rename on the association; parse "
+              "and register: in the workers)",
+              "stage", b, nb)) ||
+        !(dm->inference_seconds = metrics_histogram_new(
+              dm->m, "xreg_inference_seconds", "Inference latency per model", "model", b, nb)) ||
+        !(dm->db_errors_total = metrics_counter_new(dm->m, "xreg_db_errors_total",
+                                                    "Registry errors by kind", "kind", NULL)) ||
+        !(dm->db_retries_total = metrics_counter_new(
+              dm->m, "xreg_db_retries_total", "Registry operations retried after an error",
+              NULL, NULL)) ||
+        !metrics_gauge_fn_new(dm->m, "xreg_start_time_seconds",
+                              "Unix time xregd started", gauge_start_time, ctx))
+        return xr_error_set(err, XR_E_NOMEM, "out of memory creating metrics");
+    return XR_OK;
+}
+
+static bool ready_check(void *userdata, char *why, size_t n)
+{
+    daemon_ctx *ctx = userdata;
+    if (!atomic_load(&ctx->ready)) {
+        snprintf(why, n, "starting or stopping");
+        return false;
+    }
+    pipeline_stats st;
+    pipeline_get_stats(ctx->pl, &st);
+    /* The workers' view lags while idle: ask the server itself (no login, at most 2 s). */
+    if (!registry_ping(ctx->conninfo, 2)) {
+        snprintf(why, n, "registry database unreachable%s%s", st.last_error[0] ? ": " : "",
+                 st.last_error);
+        return false;
+    }
+    uint64_t bytes = spool_bytes(ctx->sp), max = (uint64_t)ctx->cfg->spool.max_bytes;
+    if (bytes >= max) {
+        snprintf(why, n, "spool full: %" PRIu64 " of %" PRIu64 " bytes", bytes, max);
+        return false;
+    }
+    /* Models: none are configured yet (classification is a later stage). */
+    return true;
+}
+
+static void json_string(FILE *f, const char *s)
+{
+    fputc('"', f);
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\')
+            fprintf(f, "\\%c", c);
+        else if (c < 0x20)
+            fprintf(f, "\\u%04x", c);
+        else
+            fputc(c, f);
+    }
+    fputc('"', f);
+}
+
+/* The one-screen status, as text or JSON (malloc'ed). */
+static char *status_render(daemon_ctx *ctx, bool json)
+{
+    char *buf = NULL;
+    size_t n = 0;
+    FILE *f = open_memstream(&buf, &n);
+    if (!f)
+        return NULL;
+    pipeline_stats st;
+    pipeline_get_stats(ctx->pl, &st);
+    int64_t now = now_us();
+    int64_t uptime_s = (now - ctx->started_us) / 1000000;
+    int64_t oldest = spool_oldest_us(ctx->sp);
+    double oldest_age = oldest ? (double)(now - oldest) / 1e6 : 0.0;
+    char why[256] = "";
+    bool ready = ready_check(ctx, why, sizeof(why));
+    const xregd_config *c = ctx->cfg;
+    if (json) {
+        fprintf(f, "{\"version\":\"%s\",\"pid\":%ld,\"uptime_s\":%" PRId64 ",\"ready\":%s,",
+                XREG_VERSION, (long)getpid(), uptime_s, ready ? "true" : "false");
+        fprintf(f, "\"not_ready_reason\":");
+        json_string(f, why);
+        fprintf(f, ",\"dicom\":{\"ae_title\":");
+        json_string(f, c->dicom.ae_title);
+        fprintf(f, ",\"port\":%" PRId64 ",\"associations_active\":%u},", c->dicom.port,
+                ctx->scp ? dicom_scp_active(ctx->scp) : 0);
+        fprintf(f,
+                "\"instances\":{\"stored\":%" PRIu64 ",\"rejected\":%" PRIu64
+                ",\"refused\":%" PRIu64 ",\"registered\":%" PRIu64 ",\"set_aside\":%" PRIu64 "},",
+                atomic_load(&ctx->n_stored), atomic_load(&ctx->n_rejected),
+                atomic_load(&ctx->n_refused), st.n_registered, st.n_set_aside);
+        fprintf(f, "\"spool\":{\"dir\":");
+        json_string(f, spool_dir(ctx->sp));
+        fprintf(f,
+                ",\"objects\":%zu,\"bytes\":%" PRIu64 ",\"max_bytes\":%" PRId64
+                ",\"oldest_age_s\":%.1f},",
+                spool_depth(ctx->sp), spool_bytes(ctx->sp), c->spool.max_bytes, oldest_age);
+        fprintf(f, "\"database\":{\"reachable\":%s,\"retries\":%" PRIu64 ",\"embedded\":%s},",
+                st.db_ok ? "true" : "false", st.n_retries,
+                c->database.conninfo[0] ? "false" : "true");
+        fprintf(f, "\"models\":[],\"last_error\":");
+        json_string(f, st.last_error);
+        fprintf(f, ",\"last_error_at_us\":%" PRId64 "}\n", st.last_error_at_us);
+    } else {
+        fprintf(f, "xregd %s  pid %ld  up %" PRId64 "d %02" PRId64 ":%02" PRId64 ":%02" PRId64
+                   "  %s%s%s\n",
+                XREG_VERSION, (long)getpid(), uptime_s / 86400, uptime_s / 3600 % 24,
+                uptime_s / 60 % 60, uptime_s % 60, ready ? "ready" : "NOT READY",
+                ready ? "" : ": ", why);
+        fprintf(f, "dicom     AE \"%s\" port %" PRId64 ", %u associations active\n",
+                c->dicom.ae_title, c->dicom.port, ctx->scp ? dicom_scp_active(ctx->scp) : 0);
+        fprintf(f,
+                "received  %" PRIu64 " stored, %" PRIu64 " rejected (kept), %" PRIu64
+                " refused (A700)\n",
+                atomic_load(&ctx->n_stored), atomic_load(&ctx->n_rejected),
+                atomic_load(&ctx->n_refused));
+        fprintf(f, "registry  %" PRIu64 " registered, %" PRIu64 " set aside; database %s%s\n",
+                st.n_registered, st.n_set_aside, st.db_ok ? "reachable" : "UNREACHABLE",
+                c->database.conninfo[0] ? "" : " (embedded cluster)");
+        fprintf(f,
+                "spool     %zu objects, %" PRIu64 " of %" PRId64
+                " bytes, oldest waiting %.1f s (\"%s\")\n",
+                spool_depth(ctx->sp), spool_bytes(ctx->sp), c->spool.max_bytes, oldest_age,
+                spool_dir(ctx->sp));
+        fprintf(f, "models    none (classification is not enabled in this version)\n");
+        if (st.last_error_at_us)
+            fprintf(f, "last error %.0f s ago: %s (%" PRIu64 " retries in all)\n",
+                    (double)(now - st.last_error_at_us) / 1e6, st.last_error, st.n_retries);
+        else
+            fprintf(f, "last error none\n");
+    }
+    if (fclose(f) != 0) {
+        free(buf);
+        return NULL;
+    }
+    return buf;
+}
+
+static char *status_json(void *userdata)
+{
+    return status_render(userdata, true);
+}
+
+static char *status_text(void *userdata)
+{
+    return status_render(userdata, false);
+}
+
+/* ---- reload, notify, main loop ------------------------------------------------------------- */
 
 static void usage(FILE *f)
 {
@@ -222,7 +480,7 @@ static void reload(daemon_ctx *ctx)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
-    sd_notifyf(0, "RELOADING=1\nMONOTONIC_USEC=%" PRIu64,
+    sd_notifyf(0, "RELOADING=1\nMONOTONIC_USEC=%" PRIu64 "\nSTATUS=reloading",
                (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000);
     xregd_config *ncfg;
     xr_error err = XR_ERROR_INIT;
@@ -237,15 +495,68 @@ static void reload(daemon_ctx *ctx)
     xr_log_set_level(level);
     spool_set_max_bytes(ctx->sp, (uint64_t)ncfg->spool.max_bytes);
     pipeline_set_retry(ctx->pl, ncfg->database.retry_initial_ms, ncfg->database.retry_max_ms);
-    /* Keep the running values of non-reloadable keys in what we hold. */
-    ctx->cfg->log.level = (free(ctx->cfg->log.level), ncfg->log.level);
-    ncfg->log.level = NULL;
+    atomic_store(&ctx->stop_timeout_s, ncfg->dicom.stop_timeout_s);
+    /*
+     * Keep the running values of non-reloadable keys in what we hold. Other threads read only
+     * the integers (spool.max_bytes in ready_check), never the swapped string.
+     */
+    char *old_level = ctx->cfg->log.level;
+    ctx->cfg->log.level = ncfg->log.level;
+    ncfg->log.level = old_level;
     ctx->cfg->spool.max_bytes = ncfg->spool.max_bytes;
     ctx->cfg->database.retry_initial_ms = ncfg->database.retry_initial_ms;
     ctx->cfg->database.retry_max_ms = ncfg->database.retry_max_ms;
+    ctx->cfg->dicom.stop_timeout_s = ncfg->dicom.stop_timeout_s;
     config_free(ncfg);
     log_notice("configuration reloaded from \"%s\"", ctx->cfg->path);
     sd_notify(0, "READY=1\nSTATUS=running");
+}
+
+/* Periodic work: STATUS= for systemctl status, WATCHDOG=1 while the pipeline moves. */
+static void tick(daemon_ctx *ctx, uint64_t watchdog_usec)
+{
+    pipeline_stats st;
+    pipeline_get_stats(ctx->pl, &st);
+    sd_notifyf(0, "STATUS=%u associations, %zu queued, %" PRIu64 " registered, database %s%s%s",
+               ctx->scp ? dicom_scp_active(ctx->scp) : 0, spool_depth(ctx->sp), st.n_registered,
+               st.db_ok ? "ok" : "unreachable", st.last_error[0] ? "; last error: " : "",
+               st.last_error);
+    if (!watchdog_usec)
+        return;
+    /* A worker busy with one object for a whole watchdog period is stuck. */
+    int64_t stall_ms = (int64_t)(watchdog_usec / 1000);
+    if (pipeline_is_progressing(ctx->pl, stall_ms))
+        sd_notify(0, "WATCHDOG=1");
+    else
+        log_error("pipeline stalled for over %" PRId64 " ms; withholding the watchdog ping",
+                  stall_ms);
+}
+
+/* Stop accepting and wait for associations in flight, at most stop_timeout_s. */
+static void stop_scp(daemon_ctx *ctx, pthread_t thread)
+{
+    dicom_scp_stop(ctx->scp);
+    struct timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += atomic_load(&ctx->stop_timeout_s);
+    pthread_mutex_lock(&ctx->scp_lock);
+    int e = 0;
+    while (!ctx->scp_done && e != ETIMEDOUT)
+        e = pthread_cond_timedwait(&ctx->scp_cond, &ctx->scp_lock, &deadline);
+    bool done = ctx->scp_done;
+    pthread_mutex_unlock(&ctx->scp_lock);
+    if (done) {
+        pthread_join(thread, NULL);
+        ctx->scp = dicom_scp_free(ctx->scp);
+        return;
+    }
+    /* Their objects were never acknowledged: the senders will retry. The process exits with
+     * the threads still blocked in DCMTK; nothing durable depends on them. */
+    log_warning("%u associations still open after dicom.stop_timeout_s (%" PRId64
+                " s); exiting without them",
+                dicom_scp_active(ctx->scp), atomic_load(&ctx->stop_timeout_s));
+    pthread_detach(thread);
+    ctx->scp = NULL; /* leaked on purpose: its threads may still use it */
 }
 
 int main(int argc, char **argv)
@@ -281,13 +592,17 @@ int main(int argc, char **argv)
     }
 
     int exit_code = 1;
-    daemon_ctx ctx = {0};
+    daemon_ctx ctx = {.started_us = now_us()};
+    pthread_mutex_init(&ctx.scp_lock, NULL);
+    pthread_cond_init(&ctx.scp_cond, NULL);
     pgembed *pg = NULL;
+    http_server *http = NULL;
     char *conninfo = NULL;
     xr_error err = XR_ERROR_INIT;
     pthread_t scp_thread;
     bool scp_started = false;
-    int sfd = -1;
+    bool scp_leaked = false;
+    int sfd = -1, tfd = -1, efd = -1;
 
     log_setup(XR_LOG_INFO);
     if (config_load(config_path, &ctx.cfg, &err)) {
@@ -297,11 +612,12 @@ int main(int argc, char **argv)
     xr_log_level level = XR_LOG_INFO;
     (void)xr_log_level_from_string(ctx.cfg->log.level, &level);
     xr_log_set_level(level);
+    atomic_store(&ctx.stop_timeout_s, ctx.cfg->dicom.stop_timeout_s);
     log_notice("xregd %s starting with \"%s\"", XREG_VERSION, ctx.cfg->path);
 
     /* DCMTK leaves Nagle on unless this is set; small objects then stall on delayed ACKs. */
     setenv("TCP_NODELAY", "1", 1);
-    if (dicom_global_init(&err)) {
+    if (dicom_global_init(&err) || metrics_setup(&ctx, &err)) {
         log_error("%s", err.msg);
         goto out;
     }
@@ -315,8 +631,10 @@ int main(int argc, char **argv)
     pthread_sigmask(SIG_BLOCK, &mask, NULL);
     signal(SIGPIPE, SIG_IGN);
     sfd = signalfd(-1, &mask, SFD_CLOEXEC);
-    if (sfd < 0) {
-        log_error("could not create signalfd: %m");
+    tfd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC);
+    efd = epoll_create1(EPOLL_CLOEXEC);
+    if (sfd < 0 || tfd < 0 || efd < 0) {
+        log_error("could not set up the event loop: %m");
         goto out;
     }
 
@@ -341,8 +659,12 @@ int main(int argc, char **argv)
         goto out;
     }
 
-    /* Migrate now when the database is there; if it is down, reception still starts and the
-     * workers migrate once it is back. A changed released migration is fatal. */
+    /*
+     * Migrate now when the database is there. If it is down, reception still starts (READY=1,
+     * with a STATUS= saying so, and /readyz answering 503) and the workers migrate once it is
+     * back: refusing studies because the registry is briefly away would push the backlog onto
+     * the PACS. A changed released migration is fatal.
+     */
     bool migrated = false;
     {
         registry *reg = NULL;
@@ -356,7 +678,8 @@ int main(int argc, char **argv)
             log_info("registry schema up to date (%u migrations applied now)", applied);
         } else if (rc == XR_E_TRANSIENT) {
             log_warning("registry unreachable at start (%s); receiving into the spool and "
-                        "retrying", err.msg);
+                        "retrying",
+                        err.msg);
         } else {
             log_error("registry: %s", err.msg);
             if (err.detail[0])
@@ -365,6 +688,7 @@ int main(int argc, char **argv)
         }
     }
 
+    ctx.conninfo = conninfo;
     pipeline_params pp = {
         .sp = ctx.sp,
         .conninfo = conninfo,
@@ -372,10 +696,31 @@ int main(int argc, char **argv)
         .retry_initial_ms = ctx.cfg->database.retry_initial_ms,
         .retry_max_ms = ctx.cfg->database.retry_max_ms,
         .migrated = migrated,
+        .stage_seconds = ctx.dm.stage_seconds,
+        .registered_total = ctx.dm.registered_total,
+        .failed_total = ctx.dm.failed_total,
+        .db_errors_total = ctx.dm.db_errors_total,
+        .db_retries_total = ctx.dm.db_retries_total,
     };
     if (pipeline_start(&pp, &ctx.pl, &err)) {
         log_error("%s", err.msg);
         goto out;
+    }
+
+    if (ctx.cfg->metrics.port) {
+        http_server_params hp = {
+            .bind_address = ctx.cfg->metrics.bind,
+            .port = (uint16_t)ctx.cfg->metrics.port,
+            .m = ctx.dm.m,
+            .ready = ready_check,
+            .status = status_json,
+            .status_text = status_text,
+            .userdata = &ctx,
+        };
+        if (http_server_start(&hp, &http, &err)) {
+            log_error("%s", err.msg);
+            goto stop;
+        }
     }
 
     dicom_scp_params sp = dicom_scp_params_default();
@@ -402,41 +747,82 @@ int main(int argc, char **argv)
     }
     scp_started = true;
 
-    log_notice("ready: AE \"%s\" listening on %s:%" PRId64 ", spool \"%s\", %" PRId64 " workers",
-               ctx.cfg->dicom.ae_title, ctx.cfg->dicom.bind[0] ? ctx.cfg->dicom.bind : "*",
-               ctx.cfg->dicom.port, ctx.cfg->spool.dir, ctx.cfg->pipeline.workers);
-    sd_notifyf(0, "READY=1\nSTATUS=listening as \"%s\" on port %" PRId64, ctx.cfg->dicom.ae_title,
-               ctx.cfg->dicom.port);
+    /* Watchdog: ping at half the interval systemd expects; STATUS= every 5 s otherwise. */
+    uint64_t watchdog_usec = 0;
+    if (sd_watchdog_enabled(0, &watchdog_usec) <= 0)
+        watchdog_usec = 0;
+    uint64_t period_us = watchdog_usec ? watchdog_usec / 2 : 5000000;
+    if (period_us > 5000000)
+        period_us = 5000000;
+    struct itimerspec its = {
+        .it_interval = {.tv_sec = (time_t)(period_us / 1000000),
+                        .tv_nsec = (long)(period_us % 1000000) * 1000},
+    };
+    its.it_value = its.it_interval;
+    struct epoll_event ev_sig = {.events = EPOLLIN, .data.fd = sfd};
+    struct epoll_event ev_tim = {.events = EPOLLIN, .data.fd = tfd};
+    if (timerfd_settime(tfd, 0, &its, NULL) < 0 || epoll_ctl(efd, EPOLL_CTL_ADD, sfd, &ev_sig) < 0 ||
+        epoll_ctl(efd, EPOLL_CTL_ADD, tfd, &ev_tim) < 0) {
+        log_error("could not set up the event loop: %m");
+        goto stop;
+    }
 
-    for (;;) {
-        struct signalfd_siginfo si;
-        ssize_t r = read(sfd, &si, sizeof(si));
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r != (ssize_t)sizeof(si)) {
-            log_error("reading signalfd: %m");
+    atomic_store(&ctx.ready, true);
+    log_notice("ready: AE \"%s\" listening on %s:%" PRId64 ", spool \"%s\", %" PRId64
+               " workers%s",
+               ctx.cfg->dicom.ae_title, ctx.cfg->dicom.bind[0] ? ctx.cfg->dicom.bind : "*",
+               ctx.cfg->dicom.port, ctx.cfg->spool.dir, ctx.cfg->pipeline.workers,
+               watchdog_usec ? ", watchdog on" : "");
+    sd_notifyf(0, "READY=1\nSTATUS=listening as \"%s\" on port %" PRId64 "%s",
+               ctx.cfg->dicom.ae_title, ctx.cfg->dicom.port,
+               migrated ? "" : "; registry unreachable, spooling");
+    if (watchdog_usec)
+        sd_notify(0, "WATCHDOG=1");
+
+    for (bool running = true; running;) {
+        struct epoll_event evs[2];
+        int n = epoll_wait(efd, evs, 2, -1);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            log_error("epoll_wait: %m");
             break;
         }
-        if (si.ssi_signo == SIGHUP) {
-            log_notice("SIGHUP: reloading \"%s\"", ctx.cfg->path);
-            reload(&ctx);
-            continue;
+        for (int i = 0; i < n; i++) {
+            if (evs[i].data.fd == tfd) {
+                uint64_t expirations;
+                if (read(tfd, &expirations, sizeof(expirations)) > 0)
+                    tick(&ctx, watchdog_usec);
+                continue;
+            }
+            struct signalfd_siginfo si;
+            if (read(sfd, &si, sizeof(si)) != (ssize_t)sizeof(si))
+                continue;
+            if (si.ssi_signo == SIGHUP) {
+                log_notice("SIGHUP: reloading \"%s\"", ctx.cfg->path);
+                reload(&ctx);
+                continue;
+            }
+            log_notice("%s: stopping (waiting for %u associations in flight, at most %" PRId64
+                       " s)",
+                       strsignal((int)si.ssi_signo), dicom_scp_active(ctx.scp),
+                       atomic_load(&ctx.stop_timeout_s));
+            running = false;
         }
-        log_notice("%s: stopping (waiting for %u associations in flight)",
-                   strsignal((int)si.ssi_signo), dicom_scp_active(ctx.scp));
-        break;
     }
     exit_code = 0;
 
 stop:
+    atomic_store(&ctx.ready, false);
     sd_notify(0, "STOPPING=1\nSTATUS=stopping");
     if (scp_started) {
-        dicom_scp_stop(ctx.scp);
-        pthread_join(scp_thread, NULL);
-    }
-    ctx.scp = dicom_scp_free(ctx.scp);
+        stop_scp(&ctx, scp_thread);
+        scp_leaked = ctx.scp != NULL;
+    } else
+        ctx.scp = dicom_scp_free(ctx.scp);
     if (ctx.sp)
         spool_shutdown(ctx.sp);
+    http = http_server_stop(http);
     ctx.pl = pipeline_stop(ctx.pl);
     if (ctx.sp)
         log_notice("stopped: %" PRIu64 " stored, %" PRIu64 " rejected, %" PRIu64
@@ -446,10 +832,17 @@ stop:
 out:
     pg = pgembed_stop(pg);
     free(conninfo);
+    /* Association threads left behind by the stop timeout may still touch these: the process
+     * exit ends them instead. */
+    if (scp_leaked)
+        return exit_code;
     ctx.sp = spool_close(ctx.sp);
+    ctx.dm.m = metrics_free(ctx.dm.m);
     ctx.cfg = config_free(ctx.cfg);
-    if (sfd >= 0)
-        close(sfd);
+    const int fds[] = {sfd, tfd, efd};
+    for (size_t i = 0; i < sizeof(fds) / sizeof(fds[0]); i++)
+        if (fds[i] >= 0)
+            close(fds[i]);
     dicom_global_done();
     return exit_code;
 }

@@ -291,3 +291,13 @@ xr_code registry_ensure_connected(registry *reg, xr_error *err)
     xr_log_debug("registry: reconnected, backend pid %d", PQbackendPID(reg->conn));
     return XR_OK;
 }
+
+bool registry_ping(const char *conninfo, unsigned timeout_s)
+{
+    char timeout[16];
+    snprintf(timeout, sizeof(timeout), "%u", timeout_s ? timeout_s : 1);
+    /* The connection string comes first so that our timeout wins. */
+    const char *const keys[] = {"dbname", "connect_timeout", NULL};
+    const char *const values[] = {conninfo ? conninfo : "", timeout, NULL};
+    return PQpingParams(keys, values, 1) == PQPING_OK;
+}

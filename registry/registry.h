@@ -175,6 +175,12 @@ __attribute__((warn_unused_result)) xr_code registry_rejection_record(registry *
                                                                       xr_error *err);
 
 /*
+ * Whether the server named by conninfo accepts connections (libpq's PQping: no login is made),
+ * waiting at most timeout_s. For health checks. Any thread.
+ */
+bool registry_ping(const char *conninfo, unsigned timeout_s);
+
+/*
  * Classify a SQLSTATE (5 characters) as the xr_code a caller should act on (see the table at the
  * top). "00000" is XR_OK; anything that is not five digits or upper-case letters is
  * XR_E_INTERNAL. Pure function, any thread.

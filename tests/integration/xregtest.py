@@ -319,8 +319,11 @@ class Xregd:
                          "retry_max_ms": 1000},
             "pipeline": {"workers": 2},
             "log": {"level": "info"},
+            # Each daemon gets its own metrics port: the default (9112) would collide.
+            "metrics": {"bind": "127.0.0.1", "port": free_port()},
         }
         deep_update(self.config, overrides)
+        self.metrics_port = self.config["metrics"]["port"]
         self.config_path = self.base / "xregd.yaml"
         self.log_path = self.base / "xregd.log"
         self.notify_path = self.base / "notify.sock"
