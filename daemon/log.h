@@ -6,8 +6,18 @@
 
 #include "xr-log.h"
 
+#include <stddef.h>
+
+#define LOG_RECENT_MAX 8
+#define LOG_RECENT_LINE_BYTES 240
+
 /* Install the stderr sink at level. Call before threads start. */
 void log_setup(xr_log_level level);
+/*
+ * Copy up to max of the most recent warning and error lines, newest first, each prefixed with
+ * its UTC time and level; returns how many. Any thread.
+ */
+size_t log_recent(char out[][LOG_RECENT_LINE_BYTES], size_t max);
 
 #define log_error(...) xr_log(XR_LOG_ERR, __VA_ARGS__)
 #define log_warning(...) xr_log(XR_LOG_WARNING, __VA_ARGS__)

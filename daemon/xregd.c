@@ -386,6 +386,8 @@ static char *status_render(daemon_ctx *ctx, bool json)
     char why[256] = "";
     bool ready = ready_check(ctx, why, sizeof(why));
     const xregd_config *c = ctx->cfg;
+    char recent[5][LOG_RECENT_LINE_BYTES];
+    size_t n_recent = log_recent(recent, 5);
     if (json) {
         fprintf(f, "{\"version\":\"%s\",\"pid\":%ld,\"uptime_s\":%" PRId64 ",\"ready\":%s,",
                 XREG_VERSION, (long)getpid(), uptime_s, ready ? "true" : "false");
@@ -411,7 +413,12 @@ static char *status_render(daemon_ctx *ctx, bool json)
                 c->database.conninfo[0] ? "false" : "true");
         fprintf(f, "\"models\":[],\"last_error\":");
         json_string(f, st.last_error);
-        fprintf(f, ",\"last_error_at_us\":%" PRId64 "}\n", st.last_error_at_us);
+        fprintf(f, ",\"last_error_at_us\":%" PRId64 ",\"recent_problems\":[", st.last_error_at_us);
+        for (size_t i = 0; i < n_recent; i++) {
+            fprintf(f, i ? "," : "");
+            json_string(f, recent[i]);
+        }
+        fprintf(f, "]}\n");
     } else {
         fprintf(f, "xregd %s  pid %ld  up %" PRId64 "d %02" PRId64 ":%02" PRId64 ":%02" PRId64
                    "  %s%s%s\n",
@@ -434,11 +441,9 @@ static char *status_render(daemon_ctx *ctx, bool json)
                 spool_depth(ctx->sp), spool_bytes(ctx->sp), c->spool.max_bytes, oldest_age,
                 spool_dir(ctx->sp));
         fprintf(f, "models    none (classification is not enabled in this version)\n");
-        if (st.last_error_at_us)
-            fprintf(f, "last error %.0f s ago: %s (%" PRIu64 " retries in all)\n",
-                    (double)(now - st.last_error_at_us) / 1e6, st.last_error, st.n_retries);
-        else
-            fprintf(f, "last error none\n");
+        fprintf(f, "problems  %s\n", n_recent ? "most recent warnings and errors:" : "none logged");
+        for (size_t i = 0; i < n_recent; i++)
+            fprintf(f, "  %s\n", recent[i]);
     }
     if (fclose(f) != 0) {
         free(buf);
