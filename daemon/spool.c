@@ -30,6 +30,7 @@ struct spool {
     _Atomic uint64_t max_bytes;
     _Atomic uint64_t bytes;
     _Atomic uint64_t counter;
+    _Atomic uint64_t n_waiting; /* acknowledged objects not yet done: queued or held by a worker */
 
     pthread_mutex_t lock;
     pthread_cond_t cond;
@@ -65,10 +66,7 @@ void spool_set_max_bytes(spool *sp, uint64_t max_bytes)
 
 size_t spool_depth(spool *sp)
 {
-    pthread_mutex_lock(&sp->lock);
-    size_t n = sp->n;
-    pthread_mutex_unlock(&sp->lock);
-    return n;
+    return (size_t)atomic_load(&sp->n_waiting);
 }
 
 int64_t spool_oldest_us(spool *sp)
@@ -96,12 +94,16 @@ uint64_t spool_bytes(spool *sp)
 
 static xr_code queue_push(spool *sp, const spool_item *item, xr_error *err)
 {
+    if (item->kind == SPOOL_KIND_INCOMING)
+        atomic_fetch_add(&sp->n_waiting, 1);
     pthread_mutex_lock(&sp->lock);
     if (sp->n == sp->cap) {
         size_t ncap = sp->cap ? sp->cap * 2 : 256;
         spool_item *nring = malloc(ncap * sizeof(*nring));
         if (!nring) {
             pthread_mutex_unlock(&sp->lock);
+            if (item->kind == SPOOL_KIND_INCOMING)
+                atomic_fetch_sub(&sp->n_waiting, 1);
             return xr_error_set(err, XR_E_NOMEM, "out of memory growing the spool queue");
         }
         for (size_t i = 0; i < sp->n; i++)
@@ -472,6 +474,7 @@ void spool_done(spool *sp, const spool_item *item)
     if (unlink(spool_item_meta_path(sp, item, path, sizeof(path))) < 0 && errno != ENOENT)
         xr_log_write(XR_LOG_WARNING, "spool: could not remove \"%s\": %m, ignoring", path);
     atomic_fetch_sub(&sp->bytes, item->n_bytes);
+    atomic_fetch_sub(&sp->n_waiting, 1);
 }
 
 void spool_fail(spool *sp, const spool_item *item, const spool_meta *meta, const char *reason)
@@ -488,6 +491,7 @@ void spool_fail(spool *sp, const spool_item *item, const spool_meta *meta, const
         errno != ENOENT)
         xr_log_write(XR_LOG_WARNING, "spool: could not remove \"%s\": %m, ignoring", meta_path);
     atomic_fetch_sub(&sp->bytes, item->n_bytes);
+    atomic_fetch_sub(&sp->n_waiting, 1);
 }
 
 /* ---- open and recovery --------------------------------------------------------------------- */
@@ -621,7 +625,7 @@ static xr_code spool_recover(spool *sp, xr_error *err)
         return rc;
     xr_log_write(XR_LOG_INFO,
                  "spool: \"%s\": %zu objects (%" PRIu64 " bytes) waiting, %zu rejections to record",
-                 sp->dir, sp->n - n_rej, atomic_load(&sp->bytes), n_rej);
+                 sp->dir, (size_t)atomic_load(&sp->n_waiting), atomic_load(&sp->bytes), n_rej);
     return XR_OK;
 }
 
