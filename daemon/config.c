@@ -393,8 +393,7 @@ static xr_code load_pair(loader *ld, yaml_node_t *knode, yaml_node_t *vnode, con
         return node_error(ld, vnode, path, "expected %s, got a %s", type_expected(k),
                           vnode->type == YAML_MAPPING_NODE ? "mapping" : "list");
     /* A quoted "123" is a string to YAML; numbers must be plain. */
-    if (k->type != CONFIG_STRING && vnode->data.scalar.style != YAML_PLAIN_SCALAR_STYLE &&
-        k->type == CONFIG_INT)
+    if (k->type == CONFIG_INT && vnode->data.scalar.style != YAML_PLAIN_SCALAR_STYLE)
         return node_error(ld, vnode, path, "expected %s, got a quoted string", type_expected(k));
     /* A plain ~ or null as a string value is almost always a mistake. */
     const char *value = (const char *)vnode->data.scalar.value;

@@ -12,11 +12,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 
 #include "dicom.h"
 #include "xr-log.h"
 #include "xr-migrations.h"
+#include "xr-time.h"
 #include "xr-utf8.h"
 
 typedef enum worker_state {
@@ -34,7 +34,7 @@ struct pipeline {
     _Atomic int64_t retry_initial_ms;
     _Atomic int64_t retry_max_ms;
     pthread_mutex_t migrate_lock;
-    bool migrated;
+    _Atomic bool migrated; /* set once, under migrate_lock */
     unsigned n_workers;
     struct worker *workers;
 };
@@ -52,16 +52,7 @@ typedef struct worker {
 
 static int64_t mono_ms(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static double mono_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+    return xr_mono_us() / 1000;
 }
 
 static void worker_set_state(worker *w, worker_state st)
@@ -70,21 +61,12 @@ static void worker_set_state(worker *w, worker_state st)
     atomic_store(&w->state, (int)st);
 }
 
-static int64_t real_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
-static void stats_ok(pipeline *pl, bool registered, bool set_aside)
+static void stats_ok(pipeline *pl, bool registered)
 {
     pthread_mutex_lock(&pl->stats_lock);
     pl->stats.db_ok = true;
     if (registered)
         pl->stats.n_registered++;
-    if (set_aside)
-        pl->stats.n_set_aside++;
     pthread_mutex_unlock(&pl->stats_lock);
 }
 
@@ -94,7 +76,7 @@ static void stats_error(pipeline *pl, const xr_error *err, bool db)
     if (db)
         pl->stats.db_ok = false;
     pl->stats.n_retries++;
-    pl->stats.last_error_at_us = real_us();
+    pl->stats.last_error_at_us = xr_now_us();
     snprintf(pl->stats.last_error, sizeof(pl->stats.last_error), "%s", err->msg);
     pthread_mutex_unlock(&pl->stats_lock);
 }
@@ -153,6 +135,9 @@ static xr_code worker_connect(worker *w, xr_error *err)
         if (rc)
             return rc;
     }
+    /* Checked without the lock first: after the first success this is every object's path. */
+    if (atomic_load(&pl->migrated))
+        return XR_OK;
     pthread_mutex_lock(&pl->migrate_lock);
     xr_code rc = XR_OK;
     if (!pl->migrated) {
@@ -215,7 +200,7 @@ static xr_code process_rejection(worker *w, const spool_item *item, xr_error *er
     };
     rc = registry_rejection_record(w->reg, &rej, actor, err);
     if (rc == XR_OK) {
-        stats_ok(w->pl, false, false);
+        stats_ok(w->pl, false);
         xr_log_write(XR_LOG_INFO, "[%s] rejection recorded", item->id);
     }
     return rc;
@@ -260,10 +245,10 @@ static xr_code process_instance(worker *w, const spool_item *item, xr_error *err
     }
 
     dicom_header h;
-    double t0 = mono_s();
+    double t0 = xr_mono_s();
     rc = dicom_header_read(path, &h, err);
     if (w->pl->p.stage_seconds)
-        metrics_histogram_observe(w->pl->p.stage_seconds, "parse", mono_s() - t0);
+        metrics_histogram_observe(w->pl->p.stage_seconds, "parse", xr_mono_s() - t0);
     if (rc == XR_E_IO && err->sys_errno == ENOENT) {
         xr_log_write(XR_LOG_WARNING, "[%s] spooled object vanished (%s), ignoring", item->id,
                      err->msg);
@@ -330,14 +315,14 @@ static xr_code process_instance(worker *w, const spool_item *item, xr_error *err
     };
     actor_of(&meta, actor, sizeof(actor));
     bool inserted = false;
-    t0 = mono_s();
+    t0 = xr_mono_s();
     rc = registry_instance_upsert(w->reg, &inst, actor, &inserted, err);
     if (rc == XR_OK) {
         if (w->pl->p.stage_seconds)
-            metrics_histogram_observe(w->pl->p.stage_seconds, "register", mono_s() - t0);
+            metrics_histogram_observe(w->pl->p.stage_seconds, "register", xr_mono_s() - t0);
         if (w->pl->p.registered_total)
             metrics_counter_add(w->pl->p.registered_total, inserted ? "new" : "known", NULL, 1);
-        stats_ok(w->pl, true, false);
+        stats_ok(w->pl, true);
         spool_done(sp, item);
         xr_log_write(XR_LOG_INFO, "[%s] registered %s (%s)", item->id, h.sop_instance_uid,
                      inserted ? "new" : "already known");

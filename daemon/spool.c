@@ -19,6 +19,7 @@
 
 #include "xr-fs.h"
 #include "xr-log.h"
+#include "xr-time.h"
 
 #define SPOOL_META_MAX_BYTES 8192
 
@@ -41,13 +42,6 @@ struct spool {
     size_t head;
     size_t n;
 };
-
-static int64_t now_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
 
 const char *spool_tmp_dir(const spool *sp)
 {
@@ -431,7 +425,7 @@ static xr_code move_to_rejected(spool *sp, const char *path, const spool_meta *m
                                 char ret_id[SPOOL_ID_BYTES], xr_error *err)
 {
     char id[SPOOL_ID_BYTES], dst[PATH_MAX], reason_path[PATH_MAX];
-    make_id(sp, meta->received_at_us ? meta->received_at_us : now_us(), id);
+    make_id(sp, meta->received_at_us ? meta->received_at_us : xr_now_us(), id);
     snprintf(dst, sizeof(dst), "%s/%s.dcm", sp->rejected_dir, id);
     snprintf(reason_path, sizeof(reason_path), "%s/%s.reason", sp->rejected_dir, id);
     size_t n;

@@ -41,6 +41,7 @@
 #include "spool.h"
 #include "xr-config.h"
 #include "xr-fs.h"
+#include "xr-time.h"
 
 /* Metric families; created in main before any thread starts. */
 typedef struct daemon_metrics {
@@ -73,20 +74,6 @@ typedef struct daemon_ctx {
     pthread_cond_t scp_cond;
     bool scp_done;
 } daemon_ctx;
-
-static int64_t now_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
-static double mono_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 #define ASSOC_FMT "[assoc %" PRIu64 " \"%s\"@%s]"
 #define ASSOC_ARGS(a) (a)->id, (a)->calling_ae, (a)->peer_host
@@ -123,7 +110,7 @@ static void on_assoc(void *userdata, const dicom_assoc_info *a, dicom_assoc_even
 
 static void meta_from_request(const dicom_store_request *req, spool_meta *m)
 {
-    *m = (spool_meta){.received_at_us = now_us(), .assoc_id = req->assoc->id};
+    *m = (spool_meta){.received_at_us = xr_now_us(), .assoc_id = req->assoc->id};
     snprintf(m->calling_ae, sizeof(m->calling_ae), "%s", req->assoc->calling_ae);
     snprintf(m->called_ae, sizeof(m->called_ae), "%s", req->assoc->called_ae);
     snprintf(m->peer_host, sizeof(m->peer_host), "%s", req->assoc->peer_host);
@@ -157,7 +144,7 @@ static uint16_t on_store(void *userdata, const dicom_store_request *req, char *c
                          size_t comment_bytes)
 {
     daemon_ctx *ctx = userdata;
-    double t0 = mono_s();
+    double t0 = xr_mono_s();
     spool_meta meta;
     meta_from_request(req, &meta);
     dicom_header h;
@@ -210,7 +197,7 @@ static uint16_t on_store(void *userdata, const dicom_store_request *req, char *c
     }
     atomic_fetch_add(&ctx->n_stored, 1);
     metrics_counter_add(ctx->dm.instances_total, "stored", "", 1);
-    metrics_histogram_observe(ctx->dm.stage_seconds, "spool", mono_s() - t0);
+    metrics_histogram_observe(ctx->dm.stage_seconds, "spool", xr_mono_s() - t0);
     log_info(ASSOC_FMT " stored %s (%s, %" PRIu64 " bytes, %s) as %s", ASSOC_ARGS(req->assoc),
              req->sop_instance_uid,
              dicom_uid_name(req->sop_class_uid) ? dicom_uid_name(req->sop_class_uid)
@@ -264,7 +251,7 @@ static double gauge_spool_bytes(void *userdata)
 static double gauge_spool_oldest_age(void *userdata)
 {
     int64_t oldest = spool_oldest_us(((daemon_ctx *)userdata)->sp);
-    return oldest ? (double)(now_us() - oldest) / 1e6 : 0.0;
+    return oldest ? (double)(xr_now_us() - oldest) / 1e6 : 0.0;
 }
 
 static double gauge_assoc_active(void *userdata)
@@ -379,7 +366,7 @@ static char *status_render(daemon_ctx *ctx, bool json)
         return NULL;
     pipeline_stats st;
     pipeline_get_stats(ctx->pl, &st);
-    int64_t now = now_us();
+    int64_t now = xr_now_us();
     int64_t uptime_s = (now - ctx->started_us) / 1000000;
     int64_t oldest = spool_oldest_us(ctx->sp);
     double oldest_age = oldest ? (double)(now - oldest) / 1e6 : 0.0;
@@ -483,10 +470,7 @@ static void log_non_reloadable(void *userdata, const char *path)
 
 static void reload(daemon_ctx *ctx)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    sd_notifyf(0, "RELOADING=1\nMONOTONIC_USEC=%" PRIu64 "\nSTATUS=reloading",
-               (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000);
+    sd_notifyf(0, "RELOADING=1\nMONOTONIC_USEC=%" PRId64 "\nSTATUS=reloading", xr_mono_us());
     xregd_config *ncfg;
     xr_error err = XR_ERROR_INIT;
     if (config_load(ctx->cfg->path, &ncfg, &err)) {
@@ -597,7 +581,7 @@ int main(int argc, char **argv)
     }
 
     int exit_code = 1;
-    daemon_ctx ctx = {.started_us = now_us()};
+    daemon_ctx ctx = {.started_us = xr_now_us()};
     pthread_mutex_init(&ctx.scp_lock, NULL);
     pthread_cond_init(&ctx.scp_cond, NULL);
     pgembed *pg = NULL;

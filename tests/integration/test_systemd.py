@@ -17,13 +17,10 @@ contract checked here:
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 import shlex
 import signal
-import socket
-import struct
 import threading
 import time
 
@@ -32,42 +29,20 @@ import pytest
 import dicomgen
 import rawscu
 from dicomgen import SOP, TS
-from xregtest import (CALLING_AE, SCM_CREDENTIALS, StorescuBatch, Xregd, echoscu, free_port, migrate,
+from xregtest import (CALLING_AE, Datagram, monotonic_us, StorescuBatch, Xregd, echoscu, free_port, migrate,
                       pending_objects, wait_registered, wait_until)
 
 WATCHDOG_USEC = 2_000_000
 
 
-def monotonic_us() -> int:
-    return time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
-
-
-@dataclasses.dataclass
-class Datagram:
-    t_us: int            # CLOCK_MONOTONIC when the test received it
-    start: int           # which start of the Xregd it belongs to
-    pid: int             # sender, from SCM_CREDENTIALS
-    lines: list[str]
-
-    def has(self, line: str) -> bool:
-        return line in self.lines
-
-    def value(self, key: str) -> str | None:
-        for l in self.lines:
-            if l.startswith(key + "="):
-                return l[len(key) + 1:]
-        return None
-
-
 class NotifyXregd(Xregd):
-    """Xregd that also keeps every notify datagram whole (RELOADING=1 and MONOTONIC_USEC= must
-    arrive in one), and can run xregd with WATCHDOG_USEC set. The helper gives xregd a clean
+    """Xregd (which keeps every notify datagram whole: RELOADING=1 and MONOTONIC_USEC= must
+    arrive in one) that can run xregd with WATCHDOG_USEC set. The helper gives xregd a clean
     environment, so the variable comes from a two-line wrapper that execs xregd: exec keeps the
     pid, so the messages still come from the process the helper started."""
 
     def __init__(self, *args, watchdog_usec: int | None = None, **kw) -> None:
         super().__init__(*args, **kw)
-        self.datagrams: list[Datagram] = []
         if watchdog_usec:
             wrapper = self.base / "xregd-with-watchdog"
             wrapper.write_text("#!/bin/sh\n"
@@ -75,28 +50,6 @@ class NotifyXregd(Xregd):
                                f"exec {shlex.quote(self.exe)} \"$@\"\n")
             wrapper.chmod(0o755)
             self.exe = str(wrapper)
-
-    def _notify_loop(self) -> None:  # the helper's loop, keeping datagrams whole as well
-        s = self._notify_sock
-        cred_size = struct.calcsize("iII")
-        while s is not None and s.fileno() >= 0:
-            try:
-                data, ancdata, _flags, _addr = s.recvmsg(65536, socket.CMSG_SPACE(cred_size))
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            t_us = monotonic_us()
-            pid = -1
-            for level, kind, cdata in ancdata:
-                if level == socket.SOL_SOCKET and kind == SCM_CREDENTIALS and len(cdata) >= cred_size:
-                    pid = struct.unpack("iII", cdata[:cred_size])[0]
-            lines = [m for m in data.decode(errors="replace").split("\n") if m]
-            with self._cond:
-                self.datagrams.append(Datagram(t_us, self.starts, pid, lines))
-                for msg in lines:
-                    self.notifications.append((time.monotonic(), self.starts, pid, msg))
-                self._cond.notify_all()
 
     # -- queries ---------------------------------------------------------------------------
     def messages(self, since_us: int = 0) -> list[Datagram]:

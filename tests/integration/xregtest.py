@@ -287,6 +287,27 @@ def deep_update(base: dict, over: dict) -> dict:
     return base
 
 
+def monotonic_us() -> int:
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+
+
+@dataclasses.dataclass
+class Datagram:
+    t_us: int            # CLOCK_MONOTONIC when the test received it
+    start: int           # which start of the Xregd it belongs to
+    pid: int             # sender, from SCM_CREDENTIALS
+    lines: list[str]
+
+    def has(self, line: str) -> bool:
+        return line in self.lines
+
+    def value(self, key: str) -> str | None:
+        for l in self.lines:
+            if l.startswith(key + "="):
+                return l[len(key) + 1:]
+        return None
+
+
 class XregdError(AssertionError):
     pass
 
@@ -331,6 +352,7 @@ class Xregd:
         self.starts = 0
         self.exits: list[tuple[int, bool]] = []  # (returncode, expected)
         self.notifications: list[tuple[float, int, int, str]] = []  # (time, start number, sender pid, message)
+        self.datagrams: list[Datagram] = []  # the same, one entry per datagram, kept whole
         self._main_pid = 0
         self._main_pids: set[int] = set()
         self._notify_sock: socket.socket | None = None
@@ -373,14 +395,16 @@ class Xregd:
                 continue
             except OSError:
                 return
+            t_us = monotonic_us()
             pid = -1
             for level, kind, cdata in ancdata:
                 if level == socket.SOL_SOCKET and kind == SCM_CREDENTIALS and len(cdata) >= cred_size:
                     pid = struct.unpack("iII", cdata[:cred_size])[0]
+            lines = [m for m in data.decode(errors="replace").split("\n") if m]
             with self._cond:
-                for msg in data.decode(errors="replace").split("\n"):
-                    if msg:
-                        self.notifications.append((time.monotonic(), self.starts, pid, msg))
+                self.datagrams.append(Datagram(t_us, self.starts, pid, lines))
+                for msg in lines:
+                    self.notifications.append((time.monotonic(), self.starts, pid, msg))
                 self._cond.notify_all()
 
     def notified(self, message: str, start: int | None = None) -> bool:
