@@ -53,6 +53,8 @@ def check(path):
         rc, info, raw, gray, err = pixref.xreg_decode(path, frames="all")
     except subprocess.TimeoutExpired:
         return "CRASH", "timeout"
+    if err and ("Sanitizer" in err or "runtime error:" in err):
+        return "CRASH", "sanitizer: " + next(l for l in err.splitlines() if "Sanitizer" in l or "runtime error:" in l)[:200]
     if rc != 0:
         msg = err.strip().splitlines()[0] if err.strip() else ""
         if rc < 0 or rc > 1:

@@ -109,8 +109,8 @@ def xreg_decode(path, frames="first", config=None):
         if config:
             cmd += ["-c", config]
         r = subprocess.run(cmd + [path], capture_output=True, text=True, timeout=300)
-        if r.returncode != 0:
-            return r.returncode, None, None, None, r.stderr
+        if r.returncode != 0 or "Sanitizer" in r.stderr or "runtime error:" in r.stderr:
+            return r.returncode or 99, None, None, None, r.stderr
         info = json.loads(r.stdout)
         rows, cols, nf = info["rows"], info["columns"], info["n_frames"]
         spp = info["samples_per_pixel"]
