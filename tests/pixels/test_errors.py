@@ -102,3 +102,33 @@ def test_not_dicom(tmp_path):
     p.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 100)
     r = decode(str(p))
     assert r.returncode == 1 and "input: " in r.stderr and "not a DICOM file" in r.stderr
+
+
+def test_deflate_bomb_is_refused_before_inflating(tmp_path):
+    """DCMTK inflates a deflated data set whole; xreg counts what it inflates to first."""
+    import struct
+    import zlib
+    src = make(str(tmp_path / "src.dcm"), "1.2.840.10008.1.2.1", encapsulated=False)
+    subprocess.run(["dcmconv", "+td", src, str(tmp_path / "d.dcm")], check=True)
+    data = open(tmp_path / "d.dcm", "rb").read()
+    gl = struct.unpack("<I", data[140:144])[0]
+    meta = data[:144 + gl]
+    body = zlib.decompress(data[144 + gl:], -15)
+    zeros = 100 * 1024 * 1024  # a private OB of 100 MiB of zeros before the pixels
+    co = zlib.compressobj(9, zlib.DEFLATED, -15)
+    bomb = co.compress(struct.pack("<HH2sHI", 0x0009, 0x1010, b"OB", 0, zeros))
+    chunk = b"\0" * (1 << 20)
+    for _ in range(zeros >> 20):
+        bomb += co.compress(chunk)
+    bomb += co.compress(body) + co.flush()
+    # (0009,1010) sorts after the group 0008 elements in body; DCMTK does not mind the order
+    p = tmp_path / "bomb.dcm"
+    p.write_bytes(meta + bomb)
+    assert len(meta + bomb) < 1024 * 1024
+    cfg = tmp_path / "x.yaml"
+    cfg.write_text("pixels:\n  max_decoded_bytes: 1MiB\n")
+    r = decode(str(p), "-c", str(cfg))
+    assert r.returncode == 1
+    assert "limit: " in r.stderr and "inflates to more than 68157440 bytes" in r.stderr, r.stderr
+    # the original deflated file decodes under the same limits
+    assert decode(str(tmp_path / "d.dcm"), "-c", str(cfg)).returncode == 0
