@@ -128,6 +128,9 @@ typedef struct nn_preproc_spec {
     nn_resize_mode resize;
 } nn_preproc_spec;
 
+/* How to read images for this spec: NN_IMAGE_GRAY for a 1-channel model, else NN_IMAGE_NATIVE. */
+nn_image_color nn_preproc_spec_color(const nn_preproc_spec *spec);
+
 /* 224 x 224, 3 channels, mean 0 and std 1 (no-op normalization), stretch, normalize = true. */
 nn_preproc_spec nn_preproc_spec_default(void);
 

@@ -50,6 +50,11 @@ nn_preproc_spec nn_preproc_spec_default(void)
     };
 }
 
+nn_image_color nn_preproc_spec_color(const nn_preproc_spec *spec)
+{
+    return spec->channels == 1 ? NN_IMAGE_GRAY : NN_IMAGE_NATIVE;
+}
+
 const char *nn_resize_mode_name(nn_resize_mode m)
 {
     switch (m) {

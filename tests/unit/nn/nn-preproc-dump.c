@@ -65,6 +65,13 @@ int main(int argc, char **argv)
         return 2;
     xr_error err = XR_ERROR_INIT;
     nn_image img = {0};
+    nn_preproc_spec spec;
+    if (!decode_only) {
+        if (nn_preproc_spec_from_metadata(keys, vals, n_meta, &spec, &err))
+            return fail(&err);
+        spec.normalize = normalize;
+        ip.color = nn_preproc_spec_color(&spec);
+    }
     if (image) {
         if (nn_image_read_file(image, &ip, &img, &err))
             return fail(&err);
@@ -82,10 +89,6 @@ int main(int argc, char **argv)
     float *out = NULL;
     nn_preproc *pp = NULL;
     if (!decode_only) {
-        nn_preproc_spec spec;
-        if (nn_preproc_spec_from_metadata(keys, vals, n_meta, &spec, &err))
-            return fail(&err);
-        spec.normalize = normalize;
         if (nn_preproc_new(&spec, &pp, &err))
             return fail(&err);
         n_out = nn_preproc_output_floats(pp);
