@@ -35,3 +35,15 @@
 /* Progressive JPEG scans: real files have about 10; thousands make decoding take minutes
  * (libjpeg-turbo's libjpeg.txt warns about such files). */
 #define XR_JPEG_MAX_SCANS 1000
+/* Decoded pixels (pixels.* in the configuration). Rows and Columns are US values, so 65535 is
+ * the most DICOM can say; 16384 covers a 43 cm detector at 26 um. */
+#define XR_PIXELS_MAX_ROWS_DEFAULT 16384
+#define XR_PIXELS_MAX_COLUMNS_DEFAULT 16384
+#define XR_PIXELS_DIM_MAX 65535
+/* Multi-frame X-ray objects (tomosynthesis, fluoroscopy loops) hold hundreds of frames. */
+#define XR_PIXELS_MAX_FRAMES_DEFAULT 1024
+#define XR_PIXELS_FRAMES_MAX (1024 * 1024)
+/* What one decode may hold: 1 GiB is 64 frames of 2048 x 2048 as 32-bit samples. */
+#define XR_PIXELS_MAX_DECODED_BYTES_DEFAULT (1024ULL * 1024 * 1024)
+/* A ceiling for the configuration: more than this is a typing error, not a machine. */
+#define XR_PIXELS_DECODED_BYTES_MAX (256ULL * 1024 * 1024 * 1024)

@@ -16,6 +16,7 @@
 #include <string.h>
 #include <yaml.h>
 
+#include "dicom.h"
 #include "xr-fs.h"
 #include "xr-limits.h"
 #include "xr-log.h"
@@ -48,6 +49,7 @@ static bool validate_abs_path(const char *v, char *why, size_t n);
 static bool validate_abs_path_or_empty(const char *v, char *why, size_t n);
 static bool validate_conninfo(const char *v, char *why, size_t n);
 static bool validate_user(const char *v, char *why, size_t n);
+static bool validate_frames(const char *v, char *why, size_t n);
 
 #define OFF(field) offsetof(xregd_config, field)
 #define KIB 1024LL
@@ -95,6 +97,17 @@ static const config_key config_schema[] = {
     {"metrics.bind", CONFIG_STRING, OFF(metrics.bind), "127.0.0.1", 0, 0, false, validate_bind,
      "a numeric IPv4 or IPv6 address, or \"\" for 127.0.0.1"},
     {"metrics.port", CONFIG_INT, OFF(metrics.port), "9112", 0, 65535, false, NULL, NULL},
+    /* Read at each decode, so a reload applies to the objects decoded after it. */
+    {"pixels.max_rows", CONFIG_INT, OFF(pixels.max_rows), "16384", 1, XR_PIXELS_DIM_MAX, true,
+     NULL, NULL},
+    {"pixels.max_columns", CONFIG_INT, OFF(pixels.max_columns), "16384", 1, XR_PIXELS_DIM_MAX,
+     true, NULL, NULL},
+    {"pixels.max_frames", CONFIG_INT, OFF(pixels.max_frames), "1024", 1, XR_PIXELS_FRAMES_MAX,
+     true, NULL, NULL},
+    {"pixels.max_decoded_bytes", CONFIG_BYTES, OFF(pixels.max_decoded_bytes), "1GiB", 1 * MIB,
+     (int64_t)XR_PIXELS_DECODED_BYTES_MAX, true, NULL, NULL},
+    {"pixels.frames", CONFIG_STRING, OFF(pixels.frames), "first", 0, 0, true, validate_frames,
+     "first or all"},
 };
 
 #define N_KEYS (sizeof(config_schema) / sizeof(config_schema[0]))
@@ -146,6 +159,14 @@ static bool validate_bind(const char *v, char *why, size_t n)
     if (v[0] == '\0' || inet_pton(AF_INET, v, buf) == 1 || inet_pton(AF_INET6, v, buf) == 1)
         return true;
     snprintf(why, n, "\"%s\" is not a numeric IPv4 or IPv6 address", v);
+    return false;
+}
+
+static bool validate_frames(const char *v, char *why, size_t n)
+{
+    if (dicom_frame_policy_from_string(v) >= 0)
+        return true;
+    snprintf(why, n, "unrecognized frame policy \"%s\"", v);
     return false;
 }
 

@@ -50,6 +50,13 @@ typedef struct xregd_config {
         char *bind;
         int64_t port; /* 0 = off */
     } metrics;
+    struct {
+        int64_t max_rows;
+        int64_t max_columns;
+        int64_t max_frames;
+        int64_t max_decoded_bytes;
+        char *frames; /* "first" or "all" (dicom_frame_policy_from_string) */
+    } pixels;
     char *path; /* the file it was loaded from */
 } xregd_config;
 

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "config.h"
+#include "ctl-dicom.h"
 #include "log.h"
 #include "pgembed.h"
 #include "pipeline.h"
@@ -23,7 +24,8 @@ static void usage(FILE *f)
             "Commands:\n"
             "  check-config   validate the configuration file and print the effective values\n"
             "  migrate        apply the registry's database migrations\n"
-            "  status [--json]  one screen of the running xregd's state (from its metrics port)\n\n"
+            "  status [--json]  one screen of the running xregd's state (from its metrics port)\n"
+            "  dicom-decode FILE  decode a DICOM object's pixels (see dicom-decode --help)\n\n"
             "Options:\n"
             "  -c, --config PATH  configuration file (default %s/xregd.yaml)\n"
             "  -q, --quiet        print only errors\n"
@@ -228,6 +230,9 @@ int main(int argc, char **argv)
      * makes glibc's getopt start over, with the command as the new argv[0]. */
     int sargc = argc - optind;
     char **sargv = argv + optind;
+    /* Subcommands with arguments of their own parse them themselves. */
+    if (strcmp(cmd, "dicom-decode") == 0)
+        return ctl_dicom_decode(sargc, sargv);
     optind = 0;
     rc = parse_opts(sargc, sargv, &o);
     if (rc >= 0)

@@ -66,3 +66,17 @@ void external_socket_lock();
 void external_socket_unlock();
 
 } // namespace xrdicom
+
+namespace xrdicom
+{
+
+/*
+ * dicom-j2k.cpp: decode one JPEG 2000 codestream or JP2 file of n bytes into out, which holds
+ * rows x columns x samples int32 values (color by pixel), as the codestream stores them (inverse
+ * MCT applied, no masking). The codestream's size and component count must match; they are
+ * checked before anything large is allocated. XR_E_INPUT for corrupt or mismatching data.
+ */
+xr_code j2k_decode_frame(const uint8_t *data, size_t n, uint32_t rows, uint32_t columns,
+                         uint16_t samples, int32_t *out, xr_error *err);
+
+} // namespace xrdicom

@@ -250,6 +250,138 @@ __attribute__((warn_unused_result)) xr_code dicom_header_read_buffer(const void 
 /* DCMTK's name of a well-known UID ("ComputedRadiographyImageStorage"), or NULL. Static. */
 const char *dicom_uid_name(const char *uid) DICOM_NOEXCEPT;
 
+/* ---------------------------------------------------------------------------------------------
+ * Pixels: decoding and the grayscale transform
+ *
+ *     dicom_pixel_limits lim = dicom_pixel_limits_default();
+ *     dicom_image img = {0};
+ *     if (dicom_image_read("x.dcm", DICOM_FRAMES_FIRST, &lim, &img, &err)) ...;
+ *     ... img.pixels[r * img.columns + c] in [0,1], bone bright ...
+ *     dicom_image_done(&img);
+ *
+ * Encodings: implicit/explicit VR little endian, explicit big endian, deflated, JPEG baseline,
+ * extended (12-bit), lossless (process 14 and SV1), JPEG-LS lossless and near-lossless, RLE
+ * (DCMTK's codecs), JPEG 2000 lossless and lossy (OpenJPEG). Anything else (HTJ2K, JPEG XL,
+ * MPEG, JPIP, ...) is XR_E_UNSUPPORTED "unsupported transfer syntax <UID> (<name>)".
+ * Samples: 8 or 16 bits allocated, 1..16 stored (bits above High Bit masked off), signed or
+ * unsigned; 1 sample (MONOCHROME1/2, PALETTE COLOR is refused) or 3 (RGB, YBR_FULL,
+ * YBR_FULL_422, YBR_PARTIAL_420/422, YBR_ICT, YBR_RCT), color by pixel or by plane.
+ *
+ * The grayscale transform, per PS3.3 C.11 (all in double precision, output stored as float):
+ *   1. color objects become luminance, ITU-R BT.601 luma: Y = 0.299 R + 0.587 G + 0.114 B (the
+ *      weights of PIL's convert("L") and of pydicom's RGB->YBR_FULL); for YBR_* data Y is the
+ *      stored Y sample itself. Color objects then skip steps 2-3 and are scaled by
+ *      1 / (2^BitsStored - 1), like an 8-bit PNG divided by 255.
+ *   2. Modality LUT: the Modality LUT Sequence if present, else Rescale Slope/Intercept
+ *      (default 1/0).
+ *   3. VOI: the VOI LUT Sequence (first item) if present, its output divided by 2^n - 1 (n from
+ *      its LUT Descriptor), as pydicom's apply_voi_lut prefers it; else the first Window
+ *      Center/Width with VOI LUT Function LINEAR (default), LINEAR_EXACT or SIGMOID
+ *      (PS3.3 C.11.2.1.2) mapped to [0,1]; else the default window: LINEAR_EXACT between the
+ *      0.5th and 99.5th percentiles (numpy's linear interpolation) of the modality values of
+ *      the frame's non-padding pixels (a constant frame gives 0).
+ *   4. inversion y -> 1 - y when Photometric Interpretation is MONOCHROME1 or Presentation LUT
+ *      Shape is INVERSE (once, not twice: DX MONOCHROME1 objects carry both), so that bone is
+ *      bright in every output.
+ *   5. Pixel Padding Value (with Pixel Padding Range Limit): those pixels are left out of the
+ *      default window's statistics and come out as 0.
+ * Windows and LUTs in per-frame functional groups (enhanced objects) are not read.
+ */
+
+typedef enum dicom_frame_policy {
+    DICOM_FRAMES_FIRST, /* decode the first frame only */
+    DICOM_FRAMES_ALL,   /* every frame, each its own image (own default window) */
+    DICOM_FRAMES_MAX,
+} dicom_frame_policy;
+
+/* "first", "all"; NULL when out of range. */
+const char *dicom_frame_policy_name(dicom_frame_policy policy) DICOM_NOEXCEPT;
+/* The policy named s, or -1. */
+int dicom_frame_policy_from_string(const char *s) DICOM_NOEXCEPT;
+
+/* Refuse objects past these before any large allocation (XR_E_LIMIT). 0 is not "unlimited". */
+typedef struct dicom_pixel_limits {
+    uint32_t max_rows, max_columns;
+    uint32_t max_frames;        /* frames decoded (under DICOM_FRAMES_FIRST: 1) */
+    uint64_t max_decoded_bytes; /* what the decode holds at once: the float output plus one
+                                 * decoded frame and its 32-bit sample copy */
+} dicom_pixel_limits;
+
+/* 16384 rows and columns, 1024 frames, 1 GiB (the configuration's defaults). */
+dicom_pixel_limits dicom_pixel_limits_default(void) DICOM_NOEXCEPT;
+
+typedef enum dicom_voi_source {
+    DICOM_VOI_NONE,    /* color object: scaled by 1 / (2^BitsStored - 1) */
+    DICOM_VOI_LUT,     /* VOI LUT Sequence */
+    DICOM_VOI_WINDOW,  /* Window Center/Width from the object */
+    DICOM_VOI_DEFAULT, /* percentile window, see above */
+    DICOM_VOI_SOURCE_MAX,
+} dicom_voi_source;
+
+/* "none", "lut", "window", "default"; NULL when out of range. */
+const char *dicom_voi_source_name(dicom_voi_source s) DICOM_NOEXCEPT;
+
+typedef struct dicom_image {
+    uint32_t rows, columns; /* per frame */
+    uint32_t n_frames;      /* frames in pixels (1 under DICOM_FRAMES_FIRST) */
+    float *pixels;          /* n_frames x rows x columns, row-major, in [0,1] after the
+                             * grayscale transform above: bone bright; malloc'ed */
+    uint32_t n_frames_in_object;            /* Number of Frames of the object */
+    char transfer_syntax_uid[65];
+    char photometric_interpretation[17];    /* as stored in the object */
+    uint16_t bits_allocated, bits_stored;
+    uint16_t samples_per_pixel;
+    bool is_signed;                         /* Pixel Representation 1 */
+    bool lossy;                             /* the transfer syntax is lossy */
+    dicom_voi_source voi_source;
+    char voi_function[16];                  /* LINEAR, LINEAR_EXACT, SIGMOID ("" for a LUT) */
+    double window_center, window_width;     /* the window of frame 0 (default ones too) */
+    bool inverted;                          /* MONOCHROME1 or Presentation LUT Shape INVERSE */
+} dicom_image;
+
+/*
+ * Decode the pixels of the Part-10 file at path (or a bare implicit VR little endian data set)
+ * and apply the grayscale transform. Returns XR_E_INPUT with "not a DICOM file" for what is not
+ * DICOM, XR_E_INPUT for DICOM without usable pixels (no Pixel Data, inconsistent attributes,
+ * truncated or corrupt data, naming what is wrong), XR_E_UNSUPPORTED for a transfer syntax, a
+ * photometric interpretation or a bit depth not handled, XR_E_LIMIT past limits (checked from
+ * the header, before the pixels are read), XR_E_IO, XR_E_NOMEM. *ret is written only on
+ * success, freed with dicom_image_done. Reentrant; dicom_global_init must have run.
+ */
+__attribute__((warn_unused_result)) xr_code dicom_image_read(const char *path,
+                                                             dicom_frame_policy policy,
+                                                             const dicom_pixel_limits *limits,
+                                                             dicom_image *ret,
+                                                             xr_error *err) DICOM_NOEXCEPT;
+/* Same from a buffer holding the whole file; messages carry no path. */
+__attribute__((warn_unused_result)) xr_code
+dicom_image_read_buffer(const void *buf, size_t n_bytes, dicom_frame_policy policy,
+                        const dicom_pixel_limits *limits, dicom_image *ret,
+                        xr_error *err) DICOM_NOEXCEPT;
+/* Free pixels and zero *img; accepts a zeroed struct and NULL. */
+void dicom_image_done(dicom_image *img) DICOM_NOEXCEPT;
+
+/*
+ * The decoded stored values before any grayscale step, for tests and tools: samples masked to
+ * Bits Stored and sign-extended when signed; color by pixel; YBR_FULL_422 native data
+ * upsampled (each chroma pair repeated), so color_model says YBR_FULL then.
+ */
+typedef struct dicom_raw_image {
+    uint32_t rows, columns, n_frames;
+    uint16_t samples_per_pixel;
+    int32_t *values;     /* n_frames x rows x columns x samples_per_pixel; malloc'ed */
+    char color_model[17]; /* photometric interpretation of values (a JPEG decoder may have
+                           * turned YBR_FULL_422 into RGB) */
+} dicom_raw_image;
+
+/* As dicom_image_read, without the grayscale transform. Freed with dicom_raw_image_done. */
+__attribute__((warn_unused_result)) xr_code dicom_raw_image_read(const char *path,
+                                                                 dicom_frame_policy policy,
+                                                                 const dicom_pixel_limits *limits,
+                                                                 dicom_raw_image *ret,
+                                                                 xr_error *err) DICOM_NOEXCEPT;
+void dicom_raw_image_done(dicom_raw_image *img) DICOM_NOEXCEPT;
+
 #ifdef __cplusplus
 }
 #endif
