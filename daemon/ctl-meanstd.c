@@ -17,7 +17,8 @@
  * image by its content: PNG or JPEG signature, else DICOM if dicom_image_read recognises it.
  * Policy for the rest:
  *   - skipped: not PNG, JPEG or DICOM (labels.csv, TIFF, README): counted, listed with -v and in
- *     --json; never an error.
+ *     --json; never an error. A file with the DICOM preamble ("DICM" at offset 128) is never
+ *     skipped: if it does not decode it is unreadable.
  *   - unreadable: a PNG, JPEG or DICOM file that fails to decode (damaged, unsupported transfer
  *     syntax, past a limit): counted and listed on stderr with the reason, left out of the
  *     statistics, exit status 0. With --strict the first one stops the run with status 1.
@@ -217,7 +218,7 @@ static void process_file(ms_ctx *c, nn_preproc *pp, float *tensor, size_t n_floa
     const char *path = c->paths[i];
     file_result *r = &c->res[i];
     xr_error err = XR_ERROR_INIT;
-    uint8_t head[16];
+    uint8_t head[132];
     ssize_t got = -1;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd >= 0) {
@@ -244,7 +245,9 @@ static void process_file(ms_ctx *c, nn_preproc *pp, float *tensor, size_t n_floa
     }
     dicom_image d = {0};
     xr_code rc = dicom_image_read(path, c->frames, &c->dcm_limits, &d, &err);
-    if (rc == XR_E_INPUT && strstr(err.msg, "not a DICOM file")) {
+    /* A file with the Part-10 preamble claims to be DICOM: damaged, not skipped. */
+    bool part10 = got == (ssize_t)sizeof(head) && memcmp(head + 128, "DICM", 4) == 0;
+    if (rc == XR_E_INPUT && !part10 && strstr(err.msg, "not a DICOM file")) {
         set_why(r, FILE_SKIPPED, NULL, "not a PNG, JPEG or DICOM file");
         return;
     }
