@@ -534,7 +534,11 @@ int ctl_mean_std(int argc, char **argv)
     double secs = (double)(xr_mono_us() - t0) / 1e6;
 
     if (c.strict && atomic_load(&c.stop) && c.res[c.failed_at].state == FILE_UNREADABLE) {
-        fprintf(stderr, "mean-std: \"%s\": %s\n", c.paths[c.failed_at], c.res[c.failed_at].why);
+        const char *why = c.res[c.failed_at].why ? c.res[c.failed_at].why : "";
+        if (strstr(why, c.paths[c.failed_at]))
+            fprintf(stderr, "mean-std: %s\n", why);
+        else
+            fprintf(stderr, "mean-std: \"%s\": %s\n", c.paths[c.failed_at], why);
         fprintf(stderr, "mean-std: stopped at the first unreadable image (--strict)\n");
         goto out;
     }
@@ -557,7 +561,12 @@ int ctl_mean_std(int argc, char **argv)
                 fprintf(stderr, "skipped: %s: %s\n", c.paths[i], r->why ? r->why : "");
         } else if (r->state == FILE_UNREADABLE) {
             n_bad++;
-            fprintf(stderr, "unreadable: %s: %s\n", c.paths[i], r->why ? r->why : "");
+            /* The decoders' messages usually name the file already. */
+            const char *why = r->why ? r->why : "";
+            if (strstr(why, c.paths[i]))
+                fprintf(stderr, "unreadable: %s\n", why);
+            else
+                fprintf(stderr, "unreadable: %s: %s\n", c.paths[i], why);
         }
     }
     if (n_used == 0) {
