@@ -20,6 +20,21 @@
 /* A single received object; bigger ones are refused with A700 before disk fills (a 3000x3000
  * 16-bit CR is 18 MB; multi-frame secondary capture can reach hundreds of MB). */
 #define XR_OBJECT_MAX_BYTES (4ULL * 1024 * 1024 * 1024)
+/* Images read by nn/ (PNG, JPEG): a radiograph is at most ~4300 px a side (43 cm at 0.1 mm), so
+ * 16384 leaves room for stitched long-leg films while refusing decompression bombs; PNG itself
+ * allows 2^31-1. 65535 is the hard ceiling (JPEG's own maximum). */
+#define XR_IMAGE_DIM_DEFAULT 16384
+#define XR_IMAGE_DIM_MAX 65535
+/* The float image (4 bytes a sample): 16384 x 16384 gray is exactly 1 GiB. */
+#define XR_IMAGE_DECODED_BYTES_DEFAULT (1ULL << 30)
+/* Compressed image files are read whole; 512 MiB is far past any real PNG/JPEG radiograph. */
+#define XR_IMAGE_FILE_BYTES_DEFAULT (512ULL << 20)
+/* A model's input side: CNN/ViT inputs are 224-1024 px; 8192 bounds one input tensor at
+ * 768 MiB (3 channels) so a bad xreg.input_size cannot ask for more. */
+#define XR_IMAGE_MODEL_DIM_MAX 8192
+/* Progressive JPEG scans: real files have about 10; thousands make decoding take minutes
+ * (libjpeg-turbo's libjpeg.txt warns about such files). */
+#define XR_JPEG_MAX_SCANS 1000
 /* Decoded pixels (pixels.* in the configuration). Rows and Columns are US values, so 65535 is
  * the most DICOM can say; 16384 covers a 43 cm detector at 26 um. */
 #define XR_PIXELS_MAX_ROWS_DEFAULT 16384

@@ -10,6 +10,7 @@
 
 #include "config.h"
 #include "ctl-dicom.h"
+#include "ctl-meanstd.h"
 #include "log.h"
 #include "pgembed.h"
 #include "pipeline.h"
@@ -25,7 +26,8 @@ static void usage(FILE *f)
             "  check-config   validate the configuration file and print the effective values\n"
             "  migrate        apply the registry's database migrations\n"
             "  status [--json]  one screen of the running xregd's state (from its metrics port)\n"
-            "  dicom-decode FILE  decode a DICOM object's pixels (see dicom-decode --help)\n\n"
+            "  dicom-decode FILE  decode a DICOM object's pixels (see dicom-decode --help)\n"
+            "  mean-std DIR...  per-channel mean/std of a dataset (see mean-std --help)\n\n"
             "Options:\n"
             "  -c, --config PATH  configuration file (default %s/xregd.yaml)\n"
             "  -q, --quiet        print only errors\n"
@@ -233,6 +235,8 @@ int main(int argc, char **argv)
     /* Subcommands with arguments of their own parse them themselves. */
     if (strcmp(cmd, "dicom-decode") == 0)
         return ctl_dicom_decode(sargc, sargv);
+    if (strcmp(cmd, "mean-std") == 0)
+        return ctl_mean_std(sargc, sargv);
     optind = 0;
     rc = parse_opts(sargc, sargv, &o);
     if (rc >= 0)

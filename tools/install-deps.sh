@@ -9,6 +9,8 @@ packages=(
   libdcmtk-dev libyaml-dev libpq-dev libssl-dev libsystemd-dev libcmocka-dev
   # Debian 12's dcmtk.pc lists sndfile in Requires.private, so pkg-config needs its .pc
   libsndfile1-dev
+  # nn/ image files (PNG, JPEG) and the zlib the nn tests write PNGs with
+  libpng-dev libjpeg62-turbo-dev zlib1g-dev
   # metrics endpoint (libmicrohttpd) and xregctl status (libcurl)
   libmicrohttpd-dev libcurl4-openssl-dev
   # run: the embedded PostgreSQL cluster
@@ -17,6 +19,8 @@ packages=(
   dcmtk libgdcm-tools python3 python3-pytest python3-psycopg2 python3-pydicom python3-numpy
   # pixels: OpenJPEG for JPEG 2000; pillow for pydicom's JPEG reference decoding
   libopenjp2-7-dev python3-pil
+  # nn/ preprocessing parity with the training side (PIL + torchvision)
+  python3-torch python3-torchvision
   # benchmarks only: Orthanc as a peer to compare with
   orthanc
   systemd
