@@ -279,6 +279,69 @@ __attribute__((warn_unused_result)) xr_code registry_audit_verify(registry *reg,
                                                                   registry_audit_report *ret,
                                                                   xr_error *err);
 
+/* ----------------------------------------------------------------------------------------------
+ * Reading and reviewing (registry-query.c), for xregctl: results come back as a plain table so
+ * that no libpq type leaves the room.
+ */
+
+typedef struct registry_rows registry_rows;
+
+/* How a column's text should be shown as JSON. */
+typedef enum registry_kind {
+    REGISTRY_KIND_TEXT,
+    REGISTRY_KIND_NUMBER, /* integer, float, numeric */
+    REGISTRY_KIND_BOOL,   /* "t" / "f" */
+    REGISTRY_KIND_JSON,   /* json, jsonb: the text is JSON already */
+    REGISTRY_KIND_MAX,
+} registry_kind;
+
+/*
+ * Run one read-only statement with text parameters (NULL = SQL NULL) in its own READ ONLY
+ * transaction and return all rows. *ret_rows is freed with registry_rows_free. Errors as
+ * elsewhere, with the SQLSTATE.
+ */
+__attribute__((warn_unused_result)) xr_code registry_select(registry *reg, const char *sql,
+                                                            int n_params,
+                                                            const char *const *params,
+                                                            registry_rows **ret_rows,
+                                                            xr_error *err);
+size_t registry_rows_count(const registry_rows *rows);
+size_t registry_rows_columns(const registry_rows *rows);
+const char *registry_rows_name(const registry_rows *rows, size_t col);
+registry_kind registry_rows_kind(const registry_rows *rows, size_t col);
+/* The value's text, NULL for SQL NULL; valid until registry_rows_free. */
+const char *registry_rows_value(const registry_rows *rows, size_t row, size_t col);
+/* Accepts NULL; returns NULL. */
+registry_rows *registry_rows_free(registry_rows *rows);
+
+/* A reviewer's verified label (xreg.record_label): exactly one of the two UIDs. */
+typedef struct registry_label {
+    const char *sop_instance_uid;   /* label one instance, or */
+    const char *study_instance_uid; /* the whole study */
+    const char *task;               /* REGISTRY_TASK_* */
+    const char *value;              /* body part label or DICOM term; present/absent (yes/no) */
+    const char *reason;             /* required: why */
+} registry_label;
+
+typedef struct registry_label_result {
+    int64_t label_id;
+    char value[64];          /* the value stored (normalized: "chest", "present") */
+    char replaced_value[256]; /* what it replaced, "" if nothing */
+    char replaced_source[16]; /* "human", "prediction" or "" */
+} registry_label_result;
+
+/*
+ * Record a label as the connected role (needs xreg_reviewer), tagged with actor, in one
+ * transaction that also recomputes the study summary. XR_E_INPUT (SQLSTATE 22023) for an
+ * unknown task, body part or value, a missing reason, or both/neither UIDs; XR_E_INPUT
+ * (P0002) for an unknown instance or study; XR_E_CONFIG (42501) without the reviewer role.
+ */
+__attribute__((warn_unused_result)) xr_code registry_label_record(registry *reg,
+                                                                  const registry_label *label,
+                                                                  const char *actor,
+                                                                  registry_label_result *ret,
+                                                                  xr_error *err);
+
 /*
  * Whether the server named by conninfo accepts connections (libpq's PQping: no login is made),
  * waiting at most timeout_s. For health checks. Any thread.
