@@ -20,3 +20,7 @@
 /* A single received object; bigger ones are refused with A700 before disk fills (a 3000x3000
  * 16-bit CR is 18 MB; multi-frame secondary capture can reach hundreds of MB). */
 #define XR_OBJECT_MAX_BYTES (4ULL * 1024 * 1024 * 1024)
+/* Pseudonymization key file: HMAC-SHA256 wants at least its output size (32 bytes) of secret;
+ * a file of more than 4 KiB is not a key but a mistake (a certificate bundle, a log). */
+#define XR_PSEUDONYM_KEY_MIN_BYTES 32
+#define XR_PSEUDONYM_KEY_MAX_BYTES 4096

@@ -50,6 +50,12 @@ typedef struct xregd_config {
         char *bind;
         int64_t port; /* 0 = off */
     } metrics;
+    struct {
+        char *patient_id;       /* keep | drop | hmac */
+        char *patient_name;     /* keep | drop | hmac */
+        char *accession_number; /* keep | drop | hmac */
+        char *key_file;         /* "" unless a field is hmac */
+    } pseudonymize;
     char *path; /* the file it was loaded from */
 } xregd_config;
 

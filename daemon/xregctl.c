@@ -13,6 +13,7 @@
 #include "log.h"
 #include "pgembed.h"
 #include "pipeline.h"
+#include "pseudonym.h"
 #include "registry.h"
 #include "xr-config.h"
 
@@ -43,8 +44,21 @@ static int cmd_check_config(const char *path, bool quiet)
         fprintf(stderr, "%s\n", err.msg);
         return 1;
     }
+    /* The key file is checked as xregd would (run this as xregd's user). */
+    pseudonymizer *ps = NULL;
+    if (pseudonymizer_new(cfg, &ps, &err)) {
+        fprintf(stderr, "%s\n", err.msg);
+        if (err.detail[0])
+            fprintf(stderr, "%s\n", err.detail);
+        config_free(cfg);
+        return 1;
+    }
+    char pseudo[200];
+    pseudonymizer_describe(ps, pseudo, sizeof(pseudo));
+    ps = pseudonymizer_free(ps);
     if (!quiet) {
         printf("%s: valid\n", path);
+        printf("  pseudonymize: %s\n", pseudo);
         printf("  dicom: AE \"%s\" on %s:%lld, %lld associations\n", cfg->dicom.ae_title,
                cfg->dicom.bind[0] ? cfg->dicom.bind : "*", (long long)cfg->dicom.port,
                (long long)cfg->dicom.max_associations);
