@@ -47,3 +47,7 @@
 #define XR_PIXELS_MAX_DECODED_BYTES_DEFAULT (1024ULL * 1024 * 1024)
 /* A ceiling for the configuration: more than this is a typing error, not a machine. */
 #define XR_PIXELS_DECODED_BYTES_MAX (256ULL * 1024 * 1024 * 1024)
+/* Pseudonymization key file: HMAC-SHA256 wants at least its output size (32 bytes) of secret;
+ * a file of more than 4 KiB is not a key but a mistake (a certificate bundle, a log). */
+#define XR_PSEUDONYM_KEY_MIN_BYTES 32
+#define XR_PSEUDONYM_KEY_MAX_BYTES 4096

@@ -50,6 +50,7 @@ static bool validate_abs_path_or_empty(const char *v, char *why, size_t n);
 static bool validate_conninfo(const char *v, char *why, size_t n);
 static bool validate_user(const char *v, char *why, size_t n);
 static bool validate_frames(const char *v, char *why, size_t n);
+static bool validate_pseudonym_mode(const char *v, char *why, size_t n);
 
 #define OFF(field) offsetof(xregd_config, field)
 #define KIB 1024LL
@@ -108,6 +109,16 @@ static const config_key config_schema[] = {
      (int64_t)XR_PIXELS_DECODED_BYTES_MAX, true, NULL, NULL},
     {"pixels.frames", CONFIG_STRING, OFF(pixels.frames), "first", 0, 0, true, validate_frames,
      "first or all"},
+    /* Not reloadable: changing how identifiers are replaced while running would split one
+     * patient into two. */
+    {"pseudonymize.patient_id", CONFIG_STRING, OFF(pseudonymize.patient_id), "keep", 0, 0, false,
+     validate_pseudonym_mode, "keep, drop or hmac"},
+    {"pseudonymize.patient_name", CONFIG_STRING, OFF(pseudonymize.patient_name), "keep", 0, 0,
+     false, validate_pseudonym_mode, "keep, drop or hmac"},
+    {"pseudonymize.accession_number", CONFIG_STRING, OFF(pseudonymize.accession_number), "keep",
+     0, 0, false, validate_pseudonym_mode, "keep, drop or hmac"},
+    {"pseudonymize.key_file", CONFIG_STRING, OFF(pseudonymize.key_file), "", 0, 0, false,
+     validate_abs_path_or_empty, "an absolute path, or \"\" when no field is hmac"},
 };
 
 #define N_KEYS (sizeof(config_schema) / sizeof(config_schema[0]))
@@ -219,6 +230,14 @@ static bool validate_user(const char *v, char *why, size_t n)
             return false;
         }
     return true;
+}
+
+static bool validate_pseudonym_mode(const char *v, char *why, size_t n)
+{
+    if (strcmp(v, "keep") == 0 || strcmp(v, "drop") == 0 || strcmp(v, "hmac") == 0)
+        return true;
+    snprintf(why, n, "unrecognized mode \"%s\"", v);
+    return false;
 }
 
 /* ---- value parsing ------------------------------------------------------------------------- */
@@ -479,6 +498,16 @@ static xr_code config_finish(xregd_config *cfg, const char *name, xr_error *err)
                             "%s: database.retry_max_ms (%" PRId64
                             ") must not be less than database.retry_initial_ms (%" PRId64 ")",
                             name, cfg->database.retry_max_ms, cfg->database.retry_initial_ms);
+    const char *hmac_key = strcmp(cfg->pseudonymize.patient_id, "hmac") == 0 ? "patient_id"
+                           : strcmp(cfg->pseudonymize.patient_name, "hmac") == 0 ? "patient_name"
+                           : strcmp(cfg->pseudonymize.accession_number, "hmac") == 0
+                               ? "accession_number"
+                               : NULL;
+    if (hmac_key && cfg->pseudonymize.key_file[0] == '\0')
+        return xr_error_set(err, XR_E_CONFIG,
+                            "%s: pseudonymize.%s is hmac but pseudonymize.key_file is not set "
+                            "(expected the path of a secret key file)",
+                            name, hmac_key);
     if (cfg->spool.dir[0] == '\0') {
         char *dir;
         if (asprintf(&dir, "%s/spool", cfg->state_dir) < 0)

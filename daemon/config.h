@@ -57,6 +57,12 @@ typedef struct xregd_config {
         int64_t max_decoded_bytes;
         char *frames; /* "first" or "all" (dicom_frame_policy_from_string) */
     } pixels;
+    struct {
+        char *patient_id;       /* keep | drop | hmac */
+        char *patient_name;     /* keep | drop | hmac */
+        char *accession_number; /* keep | drop | hmac */
+        char *key_file;         /* "" unless a field is hmac */
+    } pseudonymize;
     char *path; /* the file it was loaded from */
 } xregd_config;
 

@@ -14,6 +14,7 @@
 #include <sys/stat.h>
 
 #include "dicom.h"
+#include "pseudonym.h"
 #include "xr-log.h"
 #include "xr-migrations.h"
 #include "xr-time.h"
@@ -274,6 +275,8 @@ static xr_code process_instance(worker *w, const spool_item *item, xr_error *err
     if (n_bad)
         xr_log_write(XR_LOG_NOTICE, "[%s] %zu bytes of text were not valid UTF-8 and were "
                      "replaced with '?'", item->id, n_bad);
+    /* Before anything reaches the registry (rows, audit log): identifiers as configured. */
+    pseudonymizer_apply(w->pl->p.pseudo, &h);
     registry_instance inst = {
         .sop_instance_uid = h.sop_instance_uid,
         .sop_class_uid = h.sop_class_uid,

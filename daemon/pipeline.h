@@ -32,6 +32,9 @@ typedef struct pipeline_params {
     int64_t retry_initial_ms;
     int64_t retry_max_ms;
     bool migrated; /* migrations already applied by the caller */
+    /* Identifier replacement applied before each upsert (borrowed, may be NULL; outlives the
+     * pipeline). */
+    const struct pseudonymizer *pseudo;
     /* Metric families (borrowed, may be NULL): */
     metrics_histogram *stage_seconds;  /* label stage: "parse", "register" */
     metrics_counter *registered_total; /* label result: "new", "known" */

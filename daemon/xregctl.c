@@ -11,9 +11,11 @@
 #include "config.h"
 #include "ctl-dicom.h"
 #include "ctl-meanstd.h"
+#include "ctl-registry.h"
 #include "log.h"
 #include "pgembed.h"
 #include "pipeline.h"
+#include "pseudonym.h"
 #include "registry.h"
 #include "xr-config.h"
 
@@ -27,8 +29,10 @@ static void usage(FILE *f)
             "  migrate        apply the registry's database migrations\n"
             "  status [--json]  one screen of the running xregd's state (from its metrics port)\n"
             "  dicom-decode FILE  decode a DICOM object's pixels (see dicom-decode --help)\n"
-            "  mean-std DIR...  per-channel mean/std of a dataset (see mean-std --help)\n\n"
-            "Options:\n"
+            "  mean-std DIR...  per-channel mean/std of a dataset (see mean-std --help)\n");
+    ctl_registry_usage(f);
+    fprintf(f,
+            "\nOptions:\n"
             "  -c, --config PATH  configuration file (default %s/xregd.yaml)\n"
             "  -q, --quiet        print only errors\n"
             "      --version      print the version and exit\n"
@@ -44,8 +48,21 @@ static int cmd_check_config(const char *path, bool quiet)
         fprintf(stderr, "%s\n", err.msg);
         return 1;
     }
+    /* The key file is checked as xregd would (run this as xregd's user). */
+    pseudonymizer *ps = NULL;
+    if (pseudonymizer_new(cfg, &ps, &err)) {
+        fprintf(stderr, "%s\n", err.msg);
+        if (err.detail[0])
+            fprintf(stderr, "%s\n", err.detail);
+        config_free(cfg);
+        return 1;
+    }
+    char pseudo[200];
+    pseudonymizer_describe(ps, pseudo, sizeof(pseudo));
+    ps = pseudonymizer_free(ps);
     if (!quiet) {
         printf("%s: valid\n", path);
+        printf("  pseudonymize: %s\n", pseudo);
         printf("  dicom: AE \"%s\" on %s:%lld, %lld associations\n", cfg->dicom.ae_title,
                cfg->dicom.bind[0] ? cfg->dicom.bind : "*", (long long)cfg->dicom.port,
                (long long)cfg->dicom.max_associations);
@@ -237,6 +254,10 @@ int main(int argc, char **argv)
         return ctl_dicom_decode(sargc, sargv);
     if (strcmp(cmd, "mean-std") == 0)
         return ctl_mean_std(sargc, sargv);
+    if (ctl_registry_handles(cmd)) { /* subcommands with options of their own */
+        log_setup(o.quiet ? XR_LOG_WARNING : XR_LOG_NOTICE);
+        return ctl_registry_main(o.config_path, o.quiet, sargc, sargv);
+    }
     optind = 0;
     rc = parse_opts(sargc, sargv, &o);
     if (rc >= 0)

@@ -36,6 +36,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "pgembed.h"
+#include "pseudonym.h"
 #include "pipeline.h"
 #include "registry.h"
 #include "spool.h"
@@ -592,6 +593,7 @@ int main(int argc, char **argv)
     bool scp_started = false;
     bool scp_leaked = false;
     int sfd = -1, tfd = -1, efd = -1;
+    pseudonymizer *pseudo = NULL;
 
     log_setup(XR_LOG_INFO);
     if (config_load(config_path, &ctx.cfg, &err)) {
@@ -609,6 +611,17 @@ int main(int argc, char **argv)
     if (dicom_global_init(&err) || metrics_setup(&ctx, &err)) {
         log_error("%s", err.msg);
         goto out;
+    }
+    if (pseudonymizer_new(ctx.cfg, &pseudo, &err)) {
+        log_error("%s", err.msg);
+        if (err.detail[0])
+            log_error("%s", err.detail);
+        goto out;
+    }
+    if (pseudonymizer_is_active(pseudo)) {
+        char what[200];
+        pseudonymizer_describe(pseudo, what, sizeof(what));
+        log_notice("pseudonymizing before registration: %s", what);
     }
 
     /* Block the signals main handles before any thread starts, so threads inherit the mask. */
@@ -685,6 +698,7 @@ int main(int argc, char **argv)
         .retry_initial_ms = ctx.cfg->database.retry_initial_ms,
         .retry_max_ms = ctx.cfg->database.retry_max_ms,
         .migrated = migrated,
+        .pseudo = pseudo,
         .stage_seconds = ctx.dm.stage_seconds,
         .registered_total = ctx.dm.registered_total,
         .failed_total = ctx.dm.failed_total,
@@ -821,6 +835,7 @@ stop:
 out:
     pg = pgembed_stop(pg);
     free(conninfo);
+    pseudo = pseudonymizer_free(pseudo); /* the workers that used it are joined */
     /* Association threads left behind by the stop timeout may still touch these: the process
      * exit ends them instead. */
     if (scp_leaked)

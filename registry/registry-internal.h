@@ -19,6 +19,10 @@
 #define REGISTRY_SQLSTATE_SERIALIZATION_FAILURE "40001"
 #define REGISTRY_SQLSTATE_DEADLOCK_DETECTED "40P01"
 
+/* How long a write transaction waits for a lock (the audit chain's, a row's) before giving up
+ * with 55P03, which is XR_E_TRANSIENT. */
+#define REGISTRY_LOCK_TIMEOUT "10s"
+
 /* Oldest server the schema runs on: generated columns (12), EXECUTE FUNCTION (11). */
 #define REGISTRY_MIN_SERVER_VERSION 120000
 

@@ -130,6 +130,10 @@ static xr_code apply_one(registry *reg, const registry_migration *m, xr_error *e
     if (rc) {
         registry_rollback(reg);
         xr_error_prefix(err, "could not apply migration \"%s\": ", m->name);
+        if (err && strcmp(err->sqlstate, "42501") == 0)
+            xr_error_detail(err, "this database role may not change the schema (xreg_writer "
+                                 "cannot); run \"xregctl migrate\" as the schema owner, see "
+                                 "docs/registry.md \"Roles\"");
         return rc;
     }
     xr_log_debug("registry: applied migration \"%s\" (sha256 %s)", m->name, hex);
@@ -163,7 +167,14 @@ xr_code registry_migrate(registry *reg, const registry_migration *migrations, si
         goto done;
     }
     locked = true;
-    rc = registry_exec(reg, create_table_sql, NULL, err);
+    /* Only when missing: CREATE ... IF NOT EXISTS still needs CREATE on schema public, which
+     * the daemon's least-privilege role (xreg_writer) does not have. */
+    rc = registry_exec(reg,
+                       "SELECT to_regclass('public.schema_migrations') IS NULL", &res, err);
+    if (rc == XR_OK && strcmp(PQgetvalue(res, 0, 0), "t") == 0)
+        rc = registry_exec(reg, create_table_sql, NULL, err);
+    PQclear(res);
+    res = NULL;
     if (rc) {
         xr_error_prefix(err, "could not create public.schema_migrations: ");
         goto done;

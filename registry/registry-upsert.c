@@ -21,7 +21,9 @@
 #include <assert.h>
 #include <inttypes.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #include "xr-error.h"
@@ -42,6 +44,13 @@ enum {
     STMT_INSTANCE_UPSERT,
     STMT_INSTANCE_ID,
     STMT_REJECTION_INSERT,
+    /* Migration 0002 and later: kept after the 0001 statements, so that preparing against a
+     * database without the schema fails on the first of those (42P01), as it always did. */
+    STMT_CHAIN_LOCK,
+    STMT_MODEL_UPSERT,
+    STMT_MODEL_ID,
+    STMT_PREDICTION,
+    STMT_SUMMARY,
     STMT_MAX,
 };
 
@@ -50,7 +59,12 @@ static const struct {
     int n_params;
     const char *sql;
 } statements[STMT_MAX] = {
-    [STMT_SET_ACTOR] = {"xr_set_actor", 1, "SELECT set_config('xreg.actor', $1, true)"},
+    /* lock_timeout: a transaction someone left open in psql after changing registry rows holds
+     * the audit chain; waiting for it forever would stall the workers (and trip the watchdog),
+     * while 55P03 is transient and retried with backoff. */
+    [STMT_SET_ACTOR] = {"xr_set_actor", 1,
+                        "SELECT set_config('xreg.actor', $1, true),"
+                        " set_config('lock_timeout', '" REGISTRY_LOCK_TIMEOUT "', true)"},
     [STMT_PATIENT_UPSERT] = {"xr_patient_upsert", 5,
                              "INSERT INTO xreg.patient AS t"
                              " (patient_id, issuer_of_patient_id, patient_name, birth_date, sex)"
@@ -167,6 +181,24 @@ static const struct {
          "  sop_instance_uid, dimse_status, reason, path)"
          " VALUES ($1, COALESCE($2::timestamptz, now()), $3, $4, $5, $6, $7, $8, $9, $10)"
          " ON CONFLICT (spool_id) DO NOTHING"},
+    [STMT_CHAIN_LOCK] = {"xr_chain_lock", 0, "SELECT xreg.audit_serialize()"},
+    [STMT_MODEL_UPSERT] = {"xr_model_upsert", 7,
+                           "INSERT INTO xreg.model AS t"
+                           " (name, sha256, task, labels, positive_label, version, metadata)"
+                           " VALUES ($1, $2, $3, $4::text[], $5, $6, COALESCE($7::jsonb, '{}'))"
+                           " ON CONFLICT (name, sha256) DO UPDATE SET"
+                           "  task = EXCLUDED.task, labels = EXCLUDED.labels,"
+                           "  positive_label = EXCLUDED.positive_label,"
+                           "  version = EXCLUDED.version, metadata = EXCLUDED.metadata"
+                           " WHERE (t.task, t.labels, t.positive_label, t.version, t.metadata)"
+                           "  IS DISTINCT FROM (EXCLUDED.task, EXCLUDED.labels,"
+                           "  EXCLUDED.positive_label, EXCLUDED.version, EXCLUDED.metadata)"
+                           " RETURNING id"},
+    [STMT_MODEL_ID] = {"xr_model_id", 2,
+                       "SELECT id FROM xreg.model WHERE name = $1 AND sha256 = $2"},
+    [STMT_PREDICTION] = {"xr_prediction", 4,
+                         "SELECT xreg.record_prediction($1, $2::bigint, $3::real[], $4)"},
+    [STMT_SUMMARY] = {"xr_summary", 1, "SELECT xreg.study_summary_refresh($1::bigint)"},
 };
 
 xr_code registry_statements_prepare(registry *reg, xr_error *err)
@@ -352,6 +384,8 @@ static xr_code run_write_txn(registry *reg, const char *actor, txn_body_fn body,
             rc = registry_exec_prepared(reg, statements[STMT_SET_ACTOR].name, 1, actor_param, NULL,
                                         &e);
         if (rc == XR_OK)
+            rc = registry_exec_prepared(reg, statements[STMT_CHAIN_LOCK].name, 0, NULL, NULL, &e);
+        if (rc == XR_OK)
             rc = body(reg, ctx, &e);
         if (rc == XR_OK)
             rc = registry_exec(reg, "COMMIT", NULL, &e);
@@ -416,7 +450,45 @@ typedef struct instance_txn {
     char series_id[ID_BYTES];
     char instance_id[ID_BYTES];
     bool inserted;
+    /* Predictions to record after the instance (may be none), as statement parameters. */
+    struct prediction_params *preds;
+    size_t n_preds;
 } instance_txn;
+
+/* One prediction as text parameters of STMT_PREDICTION. */
+typedef struct prediction_params {
+    char model_id[ID_BYTES];
+    char *probabilities; /* "{0.1,0.9}", malloc'ed */
+    const char *preprocessing;
+} prediction_params;
+
+static xr_code predictions_body(registry *reg, const char *sop_instance_uid,
+                                const prediction_params *preds, size_t n_preds, xr_error *err)
+{
+    char study_id[ID_BYTES] = "";
+    for (size_t i = 0; i < n_preds; i++) {
+        const char *values[] = {sop_instance_uid, preds[i].model_id, preds[i].probabilities,
+                                preds[i].preprocessing};
+        PGresult *res = NULL;
+        xr_code rc = registry_exec_prepared(reg, statements[STMT_PREDICTION].name, 4, values,
+                                            &res, err);
+        if (rc) {
+            xr_error_prefix(err, "prediction of model %s: ", preds[i].model_id);
+            return rc;
+        }
+        const char *id = PQntuples(res) == 1 ? PQgetvalue(res, 0, 0) : "";
+        if (strlen(id) >= ID_BYTES || !*id) {
+            PQclear(res);
+            return xr_error_set(err, XR_E_INTERNAL, "xreg.record_prediction returned no study");
+        }
+        snprintf(study_id, sizeof(study_id), "%s", id);
+        PQclear(res);
+    }
+    if (!study_id[0])
+        return XR_OK;
+    const char *values[] = {study_id};
+    return registry_exec_prepared(reg, statements[STMT_SUMMARY].name, 1, values, NULL, err);
+}
 
 static xr_code instance_txn_body(registry *reg, void *ctx, xr_error *err)
 {
@@ -442,8 +514,67 @@ static xr_code instance_txn_body(registry *reg, void *ctx, xr_error *err)
     t->instance[1] = t->series_id;
     const char *instance_key[] = {inst->sop_instance_uid};
     t->inserted = false;
-    return upsert_row(reg, STMT_INSTANCE_UPSERT, t->instance, STMT_INSTANCE_ID, instance_key,
-                      t->instance_id, &t->inserted, err);
+    rc = upsert_row(reg, STMT_INSTANCE_UPSERT, t->instance, STMT_INSTANCE_ID, instance_key,
+                    t->instance_id, &t->inserted, err);
+    if (rc)
+        return rc;
+    return predictions_body(reg, inst->sop_instance_uid, t->preds, t->n_preds, err);
+}
+
+static void prediction_params_free(prediction_params *p, size_t n)
+{
+    if (!p)
+        return;
+    for (size_t i = 0; i < n; i++)
+        free(p[i].probabilities);
+    free(p);
+}
+
+/* Check predictions and turn them into statement parameters; *ret is freed by the caller with
+ * prediction_params_free (also on error). */
+static xr_code prediction_params_new(const registry_prediction *preds, size_t n,
+                                     prediction_params **ret, xr_error *err)
+{
+    *ret = NULL;
+    if (n == 0)
+        return XR_OK;
+    if (!preds)
+        return xr_error_set(err, XR_E_INTERNAL, "%zu predictions but no array", n);
+    prediction_params *p = calloc(n, sizeof(*p));
+    if (!p)
+        return xr_error_set(err, XR_E_NOMEM, "out of memory for %zu predictions", n);
+    *ret = p;
+    for (size_t i = 0; i < n; i++) {
+        const registry_prediction *r = &preds[i];
+        if (r->model_id <= 0)
+            return xr_error_set(err, XR_E_INPUT, "prediction %zu: model id %" PRId64
+                                " is not one registry_model_upsert returned", i, r->model_id);
+        if (r->n_probabilities < 2 || r->n_probabilities > REGISTRY_MODEL_LABELS_MAX ||
+            !r->probabilities)
+            return xr_error_set(err, XR_E_INPUT,
+                                "prediction %zu: %zu probabilities but must be in [2, %d]", i,
+                                r->n_probabilities, REGISTRY_MODEL_LABELS_MAX);
+        /* "%.9g" round-trips a float; 16 bytes each with the comma, plus braces. */
+        size_t cap = r->n_probabilities * 18 + 3;
+        char *text = malloc(cap);
+        if (!text)
+            return xr_error_set(err, XR_E_NOMEM, "out of memory");
+        p[i].probabilities = text;
+        size_t len = 0;
+        text[len++] = '{';
+        for (size_t k = 0; k < r->n_probabilities; k++) {
+            float v = r->probabilities[k];
+            if (!(v >= 0.0f && v <= 1.0f)) /* also NaN */
+                return xr_error_set(err, XR_E_INPUT,
+                                    "prediction %zu: probability %zu is %g but must be in [0, 1]",
+                                    i, k, (double)v);
+            len += (size_t)snprintf(text + len, cap - len, "%s%.9g", k ? "," : "", (double)v);
+        }
+        snprintf(text + len, cap - len, "}");
+        snprintf(p[i].model_id, sizeof(p[i].model_id), "%" PRId64, r->model_id);
+        p[i].preprocessing = text_or_null(r->preprocessing);
+    }
+    return XR_OK;
 }
 
 static xr_code check_instance(const registry_instance *inst, xr_error *err)
@@ -466,12 +597,26 @@ static xr_code check_instance(const registry_instance *inst, xr_error *err)
 xr_code registry_instance_upsert(registry *reg, const registry_instance *inst, const char *actor,
                                  bool *ret_inserted, xr_error *err)
 {
+    return registry_instance_upsert_predictions(reg, inst, NULL, 0, actor, ret_inserted, err);
+}
+
+xr_code registry_instance_upsert_predictions(registry *reg, const registry_instance *inst,
+                                             const registry_prediction *preds, size_t n_preds,
+                                             const char *actor, bool *ret_inserted, xr_error *err)
+{
     assert(reg && inst);
     if (!reg || !inst)
         return xr_error_set(err, XR_E_INTERNAL, "invalid argument to registry_instance_upsert");
     xr_code rc = check_instance(inst, err);
     if (rc) {
         xr_error_prefix(err, "cannot register instance: ");
+        return rc;
+    }
+    prediction_params *pp = NULL;
+    rc = prediction_params_new(preds, n_preds, &pp, err);
+    if (rc) {
+        prediction_params_free(pp, n_preds);
+        xr_error_prefix(err, "cannot register instance \"%s\": ", inst->sop_instance_uid);
         return rc;
     }
 
@@ -482,11 +627,14 @@ xr_code registry_instance_upsert(registry *reg, const registry_instance *inst, c
     const char *received_at_param;
     rc = timestamp_or_null(inst->received_at_us, received_at, &received_at_param, err);
     if (rc) {
+        prediction_params_free(pp, n_preds);
         xr_error_prefix(err, "cannot register instance \"%s\": ", inst->sop_instance_uid);
         return rc;
     }
     instance_txn t = {
         .inst = inst,
+        .preds = pp,
+        .n_preds = n_preds,
         .patient = {str_or_empty(inst->patient_id), str_or_empty(inst->issuer_of_patient_id),
                     text_or_null(inst->patient_name),
                     date_or_null(inst->patient_birth_date, birth_date),
@@ -517,6 +665,7 @@ xr_code registry_instance_upsert(registry *reg, const registry_instance *inst, c
     };
 
     rc = run_write_txn(reg, actor, instance_txn_body, &t, err);
+    prediction_params_free(pp, n_preds);
     if (rc) {
         xr_error_prefix(err, "could not register instance \"%s\": ", inst->sop_instance_uid);
         return rc;
@@ -568,5 +717,189 @@ xr_code registry_rejection_record(registry *reg, const registry_rejection *rej, 
         return rc;
     }
     xr_log_debug("registry: rejection \"%s\" recorded", rej->spool_id);
+    return XR_OK;
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * Models and predictions
+ */
+
+typedef struct predictions_txn {
+    const char *sop_instance_uid;
+    prediction_params *preds;
+    size_t n_preds;
+} predictions_txn;
+
+static xr_code predictions_txn_body(registry *reg, void *ctx, xr_error *err)
+{
+    predictions_txn *t = ctx;
+    return predictions_body(reg, t->sop_instance_uid, t->preds, t->n_preds, err);
+}
+
+xr_code registry_predictions_record(registry *reg, const char *sop_instance_uid,
+                                    const registry_prediction *preds, size_t n_preds,
+                                    const char *actor, xr_error *err)
+{
+    assert(reg);
+    if (!reg)
+        return xr_error_set(err, XR_E_INTERNAL, "invalid argument to registry_predictions_record");
+    xr_code rc = check_uid(sop_instance_uid, "SOP Instance UID", err);
+    prediction_params *pp = NULL;
+    if (rc == XR_OK)
+        rc = prediction_params_new(preds, n_preds, &pp, err);
+    if (rc) {
+        prediction_params_free(pp, n_preds);
+        xr_error_prefix(err, "cannot record predictions: ");
+        return rc;
+    }
+    predictions_txn t = {.sop_instance_uid = sop_instance_uid, .preds = pp, .n_preds = n_preds};
+    rc = run_write_txn(reg, actor, predictions_txn_body, &t, err);
+    prediction_params_free(pp, n_preds);
+    if (rc) {
+        xr_error_prefix(err, "could not record predictions for \"%s\": ", sop_instance_uid);
+        return rc;
+    }
+    return XR_OK;
+}
+
+static bool is_hex64(const char *s)
+{
+    if (!s || strlen(s) != 64)
+        return false;
+    for (const char *p = s; *p; p++)
+        if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f')))
+            return false;
+    return true;
+}
+
+/* The label that means "present" for a binary task, when the model does not say. */
+static const char *guess_positive_label(const registry_model *m)
+{
+    static const char *const words[] = {"present",  "yes",      "positive", "true",
+                                        "1",        "implant",  "fracture", "abnormal"};
+    const char *found = NULL;
+    for (size_t i = 0; i < m->n_labels; i++)
+        for (size_t w = 0; w < sizeof(words) / sizeof(words[0]); w++)
+            if (strcasecmp(m->labels[i], words[w]) == 0) {
+                if (found)
+                    return NULL; /* ambiguous */
+                found = m->labels[i];
+            }
+    return found;
+}
+
+/* Append s as one element of a PostgreSQL array literal: quoted, with " and \ escaped. */
+static void append_array_element(char *buf, size_t *len, const char *s, bool first)
+{
+    if (!first)
+        buf[(*len)++] = ',';
+    buf[(*len)++] = '"';
+    for (const char *p = s; *p; p++) {
+        if (*p == '"' || *p == '\\')
+            buf[(*len)++] = '\\';
+        buf[(*len)++] = *p;
+    }
+    buf[(*len)++] = '"';
+}
+
+typedef struct model_txn {
+    const char *values[7];
+    char id[ID_BYTES];
+} model_txn;
+
+static xr_code model_txn_body(registry *reg, void *ctx, xr_error *err)
+{
+    model_txn *t = ctx;
+    const char *key[] = {t->values[0], t->values[1]};
+    return upsert_row(reg, STMT_MODEL_UPSERT, t->values, STMT_MODEL_ID, key, t->id, NULL, err);
+}
+
+static xr_code check_model(const registry_model *m, const char **ret_positive, xr_error *err)
+{
+    if (!m->name || !*m->name)
+        return xr_error_set(err, XR_E_INPUT, "model name is missing");
+    if (!is_hex64(m->sha256))
+        return xr_error_set(err, XR_E_INPUT, "sha256 \"%s\" is not 64 lower-case hex digits",
+                            m->sha256 ? m->sha256 : "");
+    bool binary;
+    if (m->task && strcmp(m->task, REGISTRY_TASK_BODY_PART) == 0)
+        binary = false;
+    else if (m->task && (strcmp(m->task, REGISTRY_TASK_IMPLANT) == 0 ||
+                         strcmp(m->task, REGISTRY_TASK_FRACTURE) == 0))
+        binary = true;
+    else
+        return xr_error_set(err, XR_E_INPUT,
+                            "unrecognized task \"%s\" (expected body_part, implant or fracture)",
+                            m->task ? m->task : "");
+    if (m->n_labels < 2 || m->n_labels > REGISTRY_MODEL_LABELS_MAX || !m->labels)
+        return xr_error_set(err, XR_E_INPUT, "model has %zu labels but must have 2 to %d",
+                            m->n_labels, REGISTRY_MODEL_LABELS_MAX);
+    for (size_t i = 0; i < m->n_labels; i++) {
+        if (!m->labels[i] || !*m->labels[i])
+            return xr_error_set(err, XR_E_INPUT, "label %zu is empty", i);
+        if (strlen(m->labels[i]) > 256)
+            return xr_error_set(err, XR_E_INPUT, "label %zu is %zu bytes long but must be at "
+                                "most 256", i, strlen(m->labels[i]));
+        for (size_t k = 0; k < i; k++)
+            if (strcmp(m->labels[i], m->labels[k]) == 0)
+                return xr_error_set(err, XR_E_INPUT, "label \"%s\" appears twice",
+                                    m->labels[i]);
+    }
+    *ret_positive = NULL;
+    if (!binary) {
+        if (m->positive_label)
+            return xr_error_set(err, XR_E_INPUT, "a body_part model has no positive label");
+        return XR_OK;
+    }
+    const char *pos = m->positive_label ? m->positive_label : guess_positive_label(m);
+    if (!pos)
+        return xr_error_set(err, XR_E_INPUT,
+                            "cannot tell which label of %s model \"%s\" means present",
+                            m->task, m->name);
+    bool listed = false;
+    for (size_t i = 0; i < m->n_labels && !listed; i++)
+        listed = strcmp(m->labels[i], pos) == 0;
+    if (!listed)
+        return xr_error_set(err, XR_E_INPUT, "positive label \"%s\" is not one of the labels",
+                            pos);
+    *ret_positive = pos;
+    return XR_OK;
+}
+
+xr_code registry_model_upsert(registry *reg, const registry_model *m, const char *actor,
+                              int64_t *ret_model_id, xr_error *err)
+{
+    assert(reg && m);
+    if (!reg || !m)
+        return xr_error_set(err, XR_E_INTERNAL, "invalid argument to registry_model_upsert");
+    const char *positive = NULL;
+    xr_code rc = check_model(m, &positive, err);
+    if (rc) {
+        xr_error_prefix(err, "cannot register model \"%s\": ", m->name ? m->name : "");
+        return rc;
+    }
+    /* Worst case every byte escaped, plus quotes and commas. */
+    size_t cap = 3;
+    for (size_t i = 0; i < m->n_labels; i++)
+        cap += 2 * strlen(m->labels[i]) + 3;
+    char *labels = malloc(cap);
+    if (!labels)
+        return xr_error_set(err, XR_E_NOMEM, "out of memory");
+    size_t len = 0;
+    labels[len++] = '{';
+    for (size_t i = 0; i < m->n_labels; i++)
+        append_array_element(labels, &len, m->labels[i], i == 0);
+    labels[len++] = '}';
+    labels[len] = '\0';
+    model_txn t = {.values = {m->name, m->sha256, m->task, labels, positive,
+                              text_or_null(m->version), text_or_null(m->metadata_json)}};
+    rc = run_write_txn(reg, actor, model_txn_body, &t, err);
+    free(labels);
+    if (rc) {
+        xr_error_prefix(err, "could not register model \"%s\": ", m->name);
+        return rc;
+    }
+    if (ret_model_id)
+        *ret_model_id = strtoll(t.id, NULL, 10);
     return XR_OK;
 }

@@ -174,6 +174,174 @@ __attribute__((warn_unused_result)) xr_code registry_rejection_record(registry *
                                                                       const char *actor,
                                                                       xr_error *err);
 
+/* ----------------------------------------------------------------------------------------------
+ * Models and predictions (migration 0002). Every write below runs in one transaction that first
+ * takes the audit chain's lock (xreg.audit_serialize), so writers never deadlock one another and
+ * a study summary always sees the predictions committed before it.
+ */
+
+/* The registry's tasks, as in the model metadata key xreg.task. */
+#define REGISTRY_TASK_BODY_PART "body_part"
+#define REGISTRY_TASK_IMPLANT "implant"
+#define REGISTRY_TASK_FRACTURE "fracture"
+
+/* A model version: an ONNX file and what its metadata says. */
+typedef struct registry_model {
+    const char *name;   /* required, e.g. "bodypart-efficientnet" */
+    const char *sha256; /* required: 64 lower-case hex digits, the ONNX file's SHA-256 */
+    const char *task;   /* required: REGISTRY_TASK_* */
+    const char *const *labels; /* class labels in output order (xreg.labels), n_labels >= 2 */
+    size_t n_labels;
+    /* implant/fracture: the label that means "present". NULL: the one label among present,
+     * yes, positive, true, 1, implant, fracture, abnormal (case-insensitive), else XR_E_INPUT.
+     * Must be NULL for body_part. */
+    const char *positive_label;
+    const char *version;       /* xreg.version, may be NULL */
+    const char *metadata_json; /* all metadata_props as a JSON object, may be NULL ("{}") */
+} registry_model;
+
+/*
+ * Register a model version, idempotent on (name, sha256): a known one is returned unchanged
+ * unless its labels or metadata differ (then updated, audited). *ret_model_id (optional)
+ * receives its id for registry_prediction.model_id. XR_E_INPUT for a missing name, a sha256
+ * that is not 64 hex digits, an unknown task, fewer than 2 labels, more than
+ * REGISTRY_MODEL_LABELS_MAX, an empty or duplicate label, an unresolvable positive label, or
+ * metadata that is not a JSON object. Errors and retries as registry_instance_upsert.
+ */
+#define REGISTRY_MODEL_LABELS_MAX 1000
+__attribute__((warn_unused_result)) xr_code registry_model_upsert(registry *reg,
+                                                                  const registry_model *m,
+                                                                  const char *actor,
+                                                                  int64_t *ret_model_id,
+                                                                  xr_error *err);
+
+/* One model's output for one instance. */
+typedef struct registry_prediction {
+    int64_t model_id;            /* from registry_model_upsert */
+    const float *probabilities;  /* one per model label, in label order, each in [0, 1] */
+    size_t n_probabilities;
+    const char *preprocessing;   /* fingerprint of the preprocessing, may be NULL */
+} registry_prediction;
+
+/*
+ * Upsert the instance (as registry_instance_upsert) and its predictions (one row per instance
+ * and model: label = the most probable class, confidence = its probability, idempotent: the
+ * same result again writes nothing), then recompute the study summary, all in one transaction.
+ * n_preds may be 0. XR_E_INPUT for a probability that is NaN or outside [0, 1], a count that
+ * differs from the model's labels (SQLSTATE 22023) or an unknown model (23503).
+ */
+__attribute__((warn_unused_result)) xr_code
+registry_instance_upsert_predictions(registry *reg, const registry_instance *inst,
+                                     const registry_prediction *preds, size_t n_preds,
+                                     const char *actor, bool *ret_inserted, xr_error *err);
+
+/*
+ * Upsert predictions for an instance registered earlier and recompute its study summary, in
+ * one transaction. XR_E_INPUT (SQLSTATE 23503) if the instance is not registered.
+ */
+__attribute__((warn_unused_result)) xr_code
+registry_predictions_record(registry *reg, const char *sop_instance_uid,
+                            const registry_prediction *preds, size_t n_preds, const char *actor,
+                            xr_error *err);
+
+/* ----------------------------------------------------------------------------------------------
+ * Audit chain verification (registry-audit.c)
+ */
+
+/* A chain position remembered outside the database: seq and the hex SHA-256 it had. */
+typedef struct registry_audit_anchor {
+    int64_t seq;
+    char hash[65];
+} registry_audit_anchor;
+
+typedef struct registry_audit_report {
+    bool ok;              /* the whole chain verified */
+    int64_t n_rows;       /* rows checked */
+    int64_t head_seq;     /* seq of the last row (0: empty chain) */
+    char head_hash[65];   /* its hash in hex ("" for an empty chain) */
+    /* The first broken link when !ok: the row's seq and id (0 when the problem is not one row,
+     * e.g. the chain head), and what is wrong. */
+    int64_t broken_seq;
+    int64_t broken_id;
+    char problem[XR_ERROR_MSG_BYTES];
+} registry_audit_report;
+
+/*
+ * Recompute the whole audit hash chain in C (OpenSSL SHA-256 over the canonical form described
+ * in docs/registry.md) in one read-only snapshot, and compare: every seq present once and in
+ * order, each prev_hash equal to the previous row's hash, each hash equal to the recomputed one,
+ * the chain head (xreg.audit_chain_head) at the last row, and when anchor is not NULL the row at
+ * anchor->seq still carrying anchor->hash. Returns XR_OK when the check ran (the verdict is in
+ * *ret); database errors as elsewhere. Needs SELECT on xreg.audit_log and xreg.audit_chain_head.
+ */
+__attribute__((warn_unused_result)) xr_code registry_audit_verify(registry *reg,
+                                                                  const registry_audit_anchor *anchor,
+                                                                  registry_audit_report *ret,
+                                                                  xr_error *err);
+
+/* ----------------------------------------------------------------------------------------------
+ * Reading and reviewing (registry-query.c), for xregctl: results come back as a plain table so
+ * that no libpq type leaves the room.
+ */
+
+typedef struct registry_rows registry_rows;
+
+/* How a column's text should be shown as JSON. */
+typedef enum registry_kind {
+    REGISTRY_KIND_TEXT,
+    REGISTRY_KIND_NUMBER, /* integer, float, numeric */
+    REGISTRY_KIND_BOOL,   /* "t" / "f" */
+    REGISTRY_KIND_JSON,   /* json, jsonb: the text is JSON already */
+    REGISTRY_KIND_MAX,
+} registry_kind;
+
+/*
+ * Run one read-only statement with text parameters (NULL = SQL NULL) in its own READ ONLY
+ * transaction and return all rows. *ret_rows is freed with registry_rows_free. Errors as
+ * elsewhere, with the SQLSTATE.
+ */
+__attribute__((warn_unused_result)) xr_code registry_select(registry *reg, const char *sql,
+                                                            int n_params,
+                                                            const char *const *params,
+                                                            registry_rows **ret_rows,
+                                                            xr_error *err);
+size_t registry_rows_count(const registry_rows *rows);
+size_t registry_rows_columns(const registry_rows *rows);
+const char *registry_rows_name(const registry_rows *rows, size_t col);
+registry_kind registry_rows_kind(const registry_rows *rows, size_t col);
+/* The value's text, NULL for SQL NULL; valid until registry_rows_free. */
+const char *registry_rows_value(const registry_rows *rows, size_t row, size_t col);
+/* Accepts NULL; returns NULL. */
+registry_rows *registry_rows_free(registry_rows *rows);
+
+/* A reviewer's verified label (xreg.record_label): exactly one of the two UIDs. */
+typedef struct registry_label {
+    const char *sop_instance_uid;   /* label one instance, or */
+    const char *study_instance_uid; /* the whole study */
+    const char *task;               /* REGISTRY_TASK_* */
+    const char *value;              /* body part label or DICOM term; present/absent (yes/no) */
+    const char *reason;             /* required: why */
+} registry_label;
+
+typedef struct registry_label_result {
+    int64_t label_id;
+    char value[64];          /* the value stored (normalized: "chest", "present") */
+    char replaced_value[256]; /* what it replaced, "" if nothing */
+    char replaced_source[16]; /* "human", "prediction" or "" */
+} registry_label_result;
+
+/*
+ * Record a label as the connected role (needs xreg_reviewer), tagged with actor, in one
+ * transaction that also recomputes the study summary. XR_E_INPUT (SQLSTATE 22023) for an
+ * unknown task, body part or value, a missing reason, or both/neither UIDs; XR_E_INPUT
+ * (P0002) for an unknown instance or study; XR_E_CONFIG (42501) without the reviewer role.
+ */
+__attribute__((warn_unused_result)) xr_code registry_label_record(registry *reg,
+                                                                  const registry_label *label,
+                                                                  const char *actor,
+                                                                  registry_label_result *ret,
+                                                                  xr_error *err);
+
 /*
  * Whether the server named by conninfo accepts connections (libpq's PQping: no login is made),
  * waiting at most timeout_s. For health checks. Any thread.
