@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "config.h"
+#include "ctl-nn.h"
 #include "log.h"
 #include "pgembed.h"
 #include "pipeline.h"
@@ -23,8 +24,10 @@ static void usage(FILE *f)
             "Commands:\n"
             "  check-config   validate the configuration file and print the effective values\n"
             "  migrate        apply the registry's database migrations\n"
-            "  status [--json]  one screen of the running xregd's state (from its metrics port)\n\n"
-            "Options:\n"
+            "  status [--json]  one screen of the running xregd's state (from its metrics port)\n");
+    ctl_nn_usage(f);
+    fprintf(f,
+            "\nOptions:\n"
             "  -c, --config PATH  configuration file (default %s/xregd.yaml)\n"
             "  -q, --quiet        print only errors\n"
             "      --version      print the version and exit\n"
@@ -228,6 +231,8 @@ int main(int argc, char **argv)
      * makes glibc's getopt start over, with the command as the new argv[0]. */
     int sargc = argc - optind;
     char **sargv = argv + optind;
+    if (strncmp(cmd, "nn-", 3) == 0)
+        return ctl_nn_main(sargc, sargv);
     optind = 0;
     rc = parse_opts(sargc, sargv, &o);
     if (rc >= 0)

@@ -342,29 +342,82 @@ static xr_code collect_info(nn_model *m, const Onnx__ModelProto *mp, xr_error *e
     return XR_OK;
 }
 
-/* Shapes at batch 2 must be those at batch 1 with dimension 0 doubled for every runtime tensor:
- * then running the per-sample plan once per sample is exact. */
+/*
+ * Running a batch-dynamic model one sample at a time is exact when no step mixes samples.
+ * Check, comparing the graph inferred at batch 1 and at batch 2: every runtime tensor has
+ * exactly one axis that doubles (the sample axis; exporters move it, e.g. PyTorch's attention
+ * works sequence-first), inputs and outputs have it at 0, and no step reduces, concatenates,
+ * slices or contracts along it.
+ */
+static int batch_axis(const nn_value *a, const nn_value *b)
+{
+    int ax = -1;
+    if (a->rank != b->rank)
+        return -2;
+    for (int d = 0; d < a->rank; d++) {
+        if (a->dims[d] == b->dims[d])
+            continue;
+        if (ax >= 0 || b->dims[d] != 2 * a->dims[d])
+            return -2;
+        ax = d;
+    }
+    return ax;
+}
+
 static xr_code check_batch(const nn_graph *g1, const nn_graph *g2, xr_error *err)
 {
     if (g1->n_values != g2->n_values)
         return xr_error_set(err, XR_E_INTERNAL, "graph differs between batch sizes");
-    for (size_t i = 0; i < g1->n_values; i++) {
+    int *bax = calloc(g1->n_values + 1, sizeof(int));
+    if (!bax)
+        return xr_error_set(err, XR_E_NOMEM, "out of memory");
+    xr_code rc = XR_OK;
+    for (size_t i = 0; i < g1->n_values && !rc; i++) {
         const nn_value *a = &g1->values[i], *b = &g2->values[i];
-        if (a->data || !a->known)
+        bax[i] = -1;
+        if (a->data || !a->known || b->data)
             continue;
-        if (a->producer >= 0 && g1->nodes[a->producer].dead && !a->is_input)
-            continue;
-        bool ok = a->rank == b->rank && a->rank > 0 && b->dims[0] == 2 * a->dims[0];
-        for (int d = 1; ok && d < a->rank; d++)
-            ok = a->dims[d] == b->dims[d];
-        if (!ok)
-            return xr_error_set(err, XR_E_UNSUPPORTED,
-                                "tensor \"%s\" does not keep the batch on axis 0, so samples "
-                                "cannot run one at a time (load with max_batch 1 and a fixed "
-                                "batch instead)",
-                                a->name);
+        bax[i] = batch_axis(a, b);
+        if (bax[i] < 0 || ((a->is_input || a->is_output) && bax[i] != 0))
+            rc = xr_error_set(err, XR_E_UNSUPPORTED,
+                              "tensor \"%s\" does not scale with the batch on one axis%s, so "
+                              "samples cannot run one at a time (use max_batch 1)",
+                              a->name, a->is_input || a->is_output ? " (0)" : "");
     }
-    return XR_OK;
+    for (size_t i = 0; i < g1->n_nodes && !rc; i++) {
+        const nn_node *n = &g1->nodes[i];
+        if (n->dead || n->in[0] < 0)
+            continue;
+        int ax = bax[n->in[0]];
+        if (ax < 0)
+            continue;
+        const char *op = n->op_type;
+        bool mix = false;
+        if (!strcmp(op, "Softmax") || !strcmp(op, "LogSoftmax"))
+            mix = ax == n->a.axis || (n->a.i1 && ax > n->a.axis);
+        else if (!strcmp(op, "LayerNormalization"))
+            mix = ax >= n->a.axis;
+        else if (!strcmp(op, "ReduceMean") || !strcmp(op, "ReduceSum"))
+            mix = n->a.i1 == 0 && n->a.axes[ax];
+        else if (!strcmp(op, "Concat") || !strcmp(op, "Split") || !strcmp(op, "Gather"))
+            mix = ax == n->a.axis;
+        else if (!strcmp(op, "Slice"))
+            mix = n->a.starts[ax] != 0 || n->a.steps[ax] != 1 ||
+                  g1->values[n->out[0]].dims[ax] != g1->values[n->in[0]].dims[ax];
+        else if (!strcmp(op, "MatMul"))
+            mix = ax == g1->values[n->in[0]].rank - 1 ||
+                  (bax[n->in[1]] >= 0 && bax[n->in[1]] == g1->values[n->in[1]].rank - 2);
+        else if (!strcmp(op, "Gemm") || !strcmp(op, "Conv") || strstr(op, "Pool") ||
+                 !strcmp(op, "BatchNormalization") || !strcmp(op, "Flatten"))
+            mix = ax != 0 || (n->n_in > 1 && n->in[1] >= 0 && bax[n->in[1]] >= 0);
+        if (mix)
+            rc = xr_error_set(err, XR_E_UNSUPPORTED,
+                              "node \"%s\" (%s) combines samples along axis %d, so samples "
+                              "cannot run one at a time (use max_batch 1)",
+                              n->name, op, ax);
+    }
+    free(bax);
+    return rc;
 }
 
 static xr_code compile(nn_model *m, const Onnx__ModelProto *mp, const char *base_dir,
