@@ -202,7 +202,7 @@ xr_code nn_graph_build(const Onnx__ModelProto *mp, const char *base_dir, int64_t
     if (n_vals > NN_MAX_VALUES)
         return xr_error_set(err, XR_E_LIMIT, "the graph has %zu tensors, at most %d", n_vals,
                             NN_MAX_VALUES);
-    g->cap_values = n_vals + 1;
+    g->cap_values = n_vals + 2 * gp->n_node + 16; /* room for values made by rewrites */
     map.cap = 16;
     while (map.cap < 2 * g->cap_values)
         map.cap *= 2;
