@@ -26,7 +26,7 @@ typedef struct builder {
     Onnx__OperatorSetIdProto opset;
     Onnx__OperatorSetIdProto *opsets[1];
     Onnx__NodeProto nodes[MAXN], *node_ptrs[MAXN];
-    char *node_in[MAXN][4], *node_out[MAXN][2];
+    char *node_in[MAXN][6], *node_out[MAXN][2];
     Onnx__AttributeProto attrs[MAXN], *attr_ptrs[MAXN][1];
     Onnx__TensorProto inits[MAXN], *init_ptrs[MAXN];
     Onnx__StringStringEntryProto ext[MAXN][3], *ext_ptrs[MAXN][3];
@@ -508,6 +508,75 @@ static void test_dynamic_batch_and_metadata(void **state)
     assert_int_equal(load_b(&b, &p, &m, &err), XR_E_LIMIT);
 }
 
+/* Conv2 ; Conv1 -> BatchNormalization -> Add(conv2) -> Relu: optimized == unoptimized */
+static void test_fusion_matches_reference(void **state)
+{
+    (void)state;
+    static int64_t xd[4] = {1, 2, 5, 5}, wd[4] = {3, 2, 3, 3}, cd[1] = {3};
+    static float w1[54], w2[54], bias[3], sc[3], be[3], mu[3], va[3];
+    for (int i = 0; i < 54; i++) {
+        w1[i] = sinf((float)i) * 0.5f;
+        w2[i] = cosf((float)i * 0.7f) * 0.3f;
+    }
+    for (int c = 0; c < 3; c++) {
+        bias[c] = 0.1f * (float)c;
+        sc[c] = 1.0f + 0.2f * (float)c;
+        be[c] = -0.3f + 0.1f * (float)c;
+        mu[c] = 0.05f * (float)c;
+        va[c] = 0.5f + (float)c;
+    }
+    builder b;
+    b_init(&b, 13);
+    int64_t yd[4] = {1, 3, 3, 3};
+    b_input(&b, "x", 4, xd);
+    b_init_f32(&b, "w1", 4, wd, w1, sizeof(w1));
+    b_init_f32(&b, "w2", 4, wd, w2, sizeof(w2));
+    b_init_f32(&b, "b1", 1, cd, bias, sizeof(bias));
+    b_init_f32(&b, "sc", 1, cd, sc, sizeof(sc));
+    b_init_f32(&b, "be", 1, cd, be, sizeof(be));
+    b_init_f32(&b, "mu", 1, cd, mu, sizeof(mu));
+    b_init_f32(&b, "va", 1, cd, va, sizeof(va));
+    b_node(&b, "Conv", "conv2", "x", "w2", "c2");
+    Onnx__NodeProto *c1 = b_node(&b, "Conv", "conv1", "x", "w1", "c1");
+    c1->n_input = 3;
+    b.node_in[1][2] = "b1";
+    Onnx__NodeProto *bn = b_node(&b, "BatchNormalization", "bn", "c1", "sc", "n1");
+    bn->n_input = 5;
+    b.node_in[2][2] = "be";
+    b.node_in[2][3] = "mu";
+    b.node_in[2][4] = "va";
+    b_node(&b, "Add", "add", "n1", "c2", "s");
+    b_node(&b, "Relu", "relu", "s", NULL, "y");
+    b_output(&b, "y", 4, yd);
+    float x[50], y_opt[27], y_ref[27];
+    for (int i = 0; i < 50; i++)
+        x[i] = cosf((float)i * 1.3f);
+    for (int opt = 0; opt < 2; opt++) {
+        nn_params p = nn_params_default();
+        p.optimize = opt;
+        nn_model *m = NULL;
+        nn_session *s = NULL;
+        xr_error err = XR_ERROR_INIT;
+        assert_int_equal(load_b(&b, &p, &m, &err), XR_OK);
+        nn_model_stats st;
+        nn_model_stats_get(m, &st);
+        assert_int_equal(st.n_fused, opt ? 3 : 0); /* BN, Add (sum), Relu */
+        assert_int_equal(st.n_steps, opt ? 2 : 5);
+        assert_int_equal(nn_session_new(m, 1, &s, &err), XR_OK);
+        const void *in[1] = {x};
+        void *out[1] = {opt ? y_opt : y_ref};
+        assert_int_equal(nn_session_run(s, 1, in, out, &err), XR_OK);
+        nn_session_free(s);
+        nn_model_free(m);
+    }
+    int positive = 0;
+    for (int i = 0; i < 27; i++) {
+        assert_float_equal(y_opt[i], y_ref[i], 1e-5);
+        positive += y_ref[i] > 0;
+    }
+    assert_true(positive > 0 && positive < 27); /* the Relu did something */
+}
+
 static void test_claimed_list(void **state)
 {
     (void)state;
@@ -533,6 +602,7 @@ int main(void)
         cmocka_unit_test(test_graph_structure),
         cmocka_unit_test(test_external_data),
         cmocka_unit_test(test_dynamic_batch_and_metadata),
+        cmocka_unit_test(test_fusion_matches_reference),
         cmocka_unit_test(test_claimed_list),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
