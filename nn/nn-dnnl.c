@@ -138,16 +138,13 @@ out:
     return rc;
 }
 
-/* Primitive + scratchpad from an op desc; binds weights (value wv, reorder when constant). */
-static xr_code finish(nn_graph *g, nn_node *n, const void *op_desc, int wv,
-                      const dnnl_memory_desc_t *w_user_md, xr_error *err)
+/* Primitive + scratchpad from pd (owned, destroyed here); binds weights (value wv, reordered
+ * once when constant). */
+static xr_code finish_pd(nn_graph *g, nn_node *n, dnnl_primitive_desc_t pd, int wv,
+                         const dnnl_memory_desc_t *w_user_md, xr_error *err)
 {
     xr_code rc = XR_OK;
     dnnl_primitive_attr_t attr = NULL;
-    dnnl_primitive_desc_t pd = NULL;
-    if ((rc = make_attr(n, &attr, err)))
-        return rc;
-    CK(dnnl_primitive_desc_create(&pd, op_desc, attr, g->engine, NULL), "primitive descriptor");
     if (wv >= 0) {
         const dnnl_memory_desc_t *wmd = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
         if (g->values[wv].data) {
@@ -172,13 +169,111 @@ out:
     return rc;
 }
 
+static xr_code finish(nn_graph *g, nn_node *n, const void *op_desc, int wv,
+                      const dnnl_memory_desc_t *w_user_md, xr_error *err)
+{
+    xr_code rc = XR_OK;
+    dnnl_primitive_attr_t attr = NULL;
+    dnnl_primitive_desc_t pd = NULL;
+    if ((rc = make_attr(n, &attr, err)))
+        return rc;
+    CK(dnnl_primitive_desc_create(&pd, op_desc, attr, g->engine, NULL), "primitive descriptor");
+    rc = finish_pd(g, n, pd, wv, w_user_md, err);
+    pd = NULL;
+out:
+    if (pd)
+        dnnl_primitive_desc_destroy(pd);
+    if (attr)
+        dnnl_primitive_attr_destroy(attr);
+    return rc;
+}
+
+static bool md_is_plain(const nn_node *n, const dnnl_memory_desc_t *md, const nn_value *v)
+{
+    dnnl_memory_desc_t p;
+    if (plain_md(n, &p, v->rank, v->dims, NULL))
+        return false;
+    return dnnl_memory_desc_equal(&p, md) != 0;
+}
+
+/* Layout of value v as it is held. */
+static xr_code value_md(const nn_node *n, const nn_value *v, dnnl_memory_desc_t *md, xr_error *err)
+{
+    if (v->blocked) {
+        *md = v->md;
+        return XR_OK;
+    }
+    return plain_md(n, md, v->rank, v->dims, err);
+}
+
+/* Replace the value in *slot by a copy laid out as want, made by a reorder before n runs. */
+static xr_code add_pre(nn_graph *g, nn_node *n, int *slot, const dnnl_memory_desc_t *want,
+                       xr_error *err)
+{
+    xr_code rc = XR_OK;
+    if (n->n_pre >= NN_MAX_PRE)
+        return xr_error_set(err, XR_E_INTERNAL, "node \"%s\": too many layout changes", n->name);
+    if (g->n_values >= g->cap_values)
+        return xr_error_set(err, XR_E_LIMIT, "too many tensors after rewrites");
+    int src = *slot, dst = (int)g->n_values;
+    nn_value *sv = &g->values[src], *dv = &g->values[dst];
+    memset(dv, 0, sizeof(*dv));
+    size_t l = strlen(sv->name) + 16;
+    if (!(dv->name = malloc(l)))
+        return xr_error_set(err, XR_E_NOMEM, "out of memory");
+    snprintf(dv->name, l, "%s/reorder%d", sv->name, n->n_pre);
+    g->n_values++;
+    if ((rc = nn_value_shape(dv, sv->dtype, sv->rank, sv->dims, err)))
+        return rc;
+    dv->producer = (int)(n - g->nodes);
+    dv->view_of = -1;
+    dv->md = *want;
+    dv->blocked = !md_is_plain(n, want, dv);
+    dv->n_bytes = dnnl_memory_desc_get_size(want);
+    nn_pre *p = &n->pre[n->n_pre];
+    dnnl_primitive_desc_t rpd = NULL;
+    if ((rc = value_md(n, sv, &p->smd, err)))
+        return rc;
+    p->dmd = *want;
+    CK(dnnl_reorder_primitive_desc_create(&rpd, &p->smd, g->engine, &p->dmd, g->engine, NULL),
+       "layout reorder");
+    CK(dnnl_primitive_create(&p->prim, rpd), "layout reorder");
+    p->src = src;
+    p->dst = dst;
+    n->n_pre++;
+    *slot = dst;
+out:
+    if (rpd)
+        dnnl_primitive_desc_destroy(rpd);
+    return rc;
+}
+
+xr_code nn_layout_fixup(nn_graph *g, xr_error *err)
+{
+    xr_code rc = XR_OK;
+    for (size_t i = 0; i < g->n_nodes; i++) {
+        nn_node *n = &g->nodes[i];
+        if (n->dead)
+            continue;
+        bool conv = n->prim && strcmp(n->op_type, "Conv") == 0;
+        for (int k = conv ? n->n_in : 0; k < n->n_in; k++) {
+            if (n->in[k] < 0 || !g->values[n->in[k]].blocked)
+                continue;
+            dnnl_memory_desc_t md;
+            if ((rc = plain_md(n, &md, g->values[n->in[k]].rank, g->values[n->in[k]].dims, err)) ||
+                (rc = add_pre(g, n, &n->in[k], &md, err)))
+                return rc;
+        }
+    }
+    return rc;
+}
+
 xr_code nn_conv_prepare(nn_graph *g, nn_node *n, xr_error *err)
 {
     xr_code rc;
     const nn_value *x = IN(0), *w = IN(1), *y = OUTV(0);
-    dnnl_memory_desc_t smd, dmd, wmd, wuser, bmd;
-    if ((rc = plain_md(n, &smd, x->rank, x->dims, err)) ||
-        (rc = plain_md(n, &dmd, y->rank, y->dims, err)))
+    dnnl_memory_desc_t smd, dmd, wmd, wuser, bmd, xmd;
+    if ((rc = value_md(n, x, &xmd, err)))
         return rc;
     /* weights: [G, OC/G, IC/G, k...] when grouped */
     int64_t wd[NN_MAX_RANK];
@@ -194,14 +289,13 @@ xr_code nn_conv_prepare(nn_graph *g, nn_node *n, xr_error *err)
     }
     if ((rc = plain_md(n, &wuser, wr, wd, err)))
         return rc;
-    if (w->data) {
-        dnnl_dims_t d;
-        for (int i = 0; i < wr; i++)
-            d[i] = wd[i];
+    dnnl_dims_t d;
+    for (int i = 0; i < wr; i++)
+        d[i] = wd[i];
+    if (w->data)
         CK(dnnl_memory_desc_init_by_tag(&wmd, wr, d, dnnl_f32, dnnl_format_tag_any), "weights");
-    } else {
+    else
         wmd = wuser;
-    }
     if (HAS(2) && (rc = plain_md(n, &bmd, 1, IN(2)->dims, err)))
         return rc;
     dnnl_dims_t st, dl, pl, pr;
@@ -211,17 +305,70 @@ xr_code nn_conv_prepare(nn_graph *g, nn_node *n, xr_error *err)
         pl[i] = n->a.pads_l[i];
         pr[i] = n->a.pads_r[i];
     }
+    /* Let oneDNN choose activation layouts (blocked for AVX2) unless the output must be plain:
+     * a graph output, or a residual held plain. Try that first; fall back to plain. */
+    dnnl_dims_t xd, yd;
+    for (int i = 0; i < x->rank; i++) {
+        xd[i] = x->dims[i];
+        yd[i] = y->dims[i];
+    }
+    bool plain_out = y->is_output || !w->data ||
+                     (n->sum_in >= 0 && !g->values[n->sum_in].blocked);
+    dnnl_primitive_attr_t attr = NULL;
+    dnnl_primitive_desc_t pd = NULL;
     dnnl_convolution_desc_t cd;
-    CK(dnnl_dilated_convolution_forward_desc_init(&cd, dnnl_forward_inference,
-                                                  dnnl_convolution_direct, &smd, &wmd,
-                                                  HAS(2) ? &bmd : NULL, &dmd, st, dl, pl, pr),
-       "convolution desc");
+    if ((rc = make_attr(n, &attr, err)))
+        return rc;
+    for (int attempt = 0; attempt < 2; attempt++) {
+        bool any = attempt == 0 && w->data;
+        CK(dnnl_memory_desc_init_by_tag(&smd, x->rank, xd, dnnl_f32,
+                                        any ? dnnl_format_tag_any : plain_tag(x->rank)), "src");
+        if (any && !plain_out && n->sum_in >= 0)
+            dmd = g->values[n->sum_in].md;
+        else
+            CK(dnnl_memory_desc_init_by_tag(&dmd, y->rank, yd, dnnl_f32,
+                                            any && !plain_out ? dnnl_format_tag_any
+                                                              : plain_tag(y->rank)), "dst");
+        CK(dnnl_dilated_convolution_forward_desc_init(&cd, dnnl_forward_inference,
+                                                      dnnl_convolution_direct, &smd, &wmd,
+                                                      HAS(2) ? &bmd : NULL, &dmd, st, dl, pl, pr),
+           "convolution desc");
+        dnnl_status_t s2 = dnnl_primitive_desc_create(&pd, &cd, attr, g->engine, NULL);
+        if (s2 == dnnl_success)
+            break;
+        pd = NULL;
+        if (attempt == 1)
+            CK(s2, "primitive descriptor");
+    }
+    smd = *dnnl_primitive_desc_query_md(pd, dnnl_query_src_md, 0);
+    dmd = *dnnl_primitive_desc_query_md(pd, dnnl_query_dst_md, 0);
+    if (!dnnl_memory_desc_equal(&smd, &xmd) && (rc = add_pre(g, n, &n->in[0], &smd, err)))
+        goto out;
+    if (n->sum_in >= 0) {
+        dnnl_memory_desc_t rmd;
+        if ((rc = value_md(n, &g->values[n->sum_in], &rmd, err)))
+            goto out;
+        if (!dnnl_memory_desc_equal(&rmd, &dmd) && (rc = add_pre(g, n, &n->sum_in, &dmd, err)))
+            goto out;
+    }
+    {
+        nn_value *yv = &g->values[n->out[0]];
+        yv->md = dmd;
+        yv->blocked = !md_is_plain(n, &dmd, yv);
+        if (yv->blocked)
+            yv->n_bytes = dnnl_memory_desc_get_size(&dmd);
+    }
     add_arg(n, DNNL_ARG_SRC, n->in[0], &smd, NULL);
     add_arg(n, DNNL_ARG_DST, n->out[0], &dmd, NULL);
     if (HAS(2))
         add_arg(n, DNNL_ARG_BIAS, n->in[2], &bmd, NULL);
-    rc = finish(g, n, &cd, n->in[1], &wuser, err);
+    rc = finish_pd(g, n, pd, n->in[1], &wuser, err);
+    pd = NULL;
 out:
+    if (pd)
+        dnnl_primitive_desc_destroy(pd);
+    if (attr)
+        dnnl_primitive_attr_destroy(attr);
     return rc;
 }
 
@@ -406,7 +553,7 @@ xr_code nn_dnnl_run(const nn_graph *g, const nn_node *n, nn_exec *x, xr_error *e
 {
     xr_code rc = XR_OK;
     dnnl_exec_arg_t args[NN_MAX_DNNL_ARGS];
-    dnnl_memory_t *mems = x->mems + x->step * NN_MAX_DNNL_ARGS;
+    dnnl_memory_t *mems = x->mems + x->step * NN_STEP_MEMS;
     for (int i = 0; i < n->n_args; i++) {
         args[i].arg = n->args[i].arg;
         args[i].memory = mems[i];
@@ -424,8 +571,27 @@ out:
     return rc;
 }
 
+xr_code nn_pre_run(const nn_graph *g, const nn_node *n, nn_exec *x, xr_error *err)
+{
+    xr_code rc = XR_OK;
+    (void)g;
+    dnnl_memory_t *mems = x->mems + x->step * NN_STEP_MEMS + NN_MAX_DNNL_ARGS;
+    for (int i = 0; i < n->n_pre; i++) {
+        dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, mems[2 * i]}, {DNNL_ARG_TO, mems[2 * i + 1]}};
+        CK(dnnl_primitive_execute(n->pre[i].prim, x->stream, 2, args), "layout reorder");
+    }
+    if (n->n_pre)
+        CK(dnnl_stream_wait(x->stream), "layout reorder");
+out:
+    return rc;
+}
+
 void nn_node_dnnl_free(nn_node *n)
 {
+    for (int i = 0; i < n->n_pre; i++)
+        if (n->pre[i].prim)
+            dnnl_primitive_destroy(n->pre[i].prim);
+    n->n_pre = 0;
     if (n->prim)
         dnnl_primitive_destroy(n->prim);
     n->prim = NULL;

@@ -155,13 +155,13 @@ static xr_code plan(nn_model *m, xr_error *err)
     /* views: Reshape-like steps alias their input */
     for (size_t s = 0; s < m->n_steps; s++) {
         nn_node *n = &g->nodes[m->steps[s]];
-        if (n->op->view && n->in[0] >= 0 && !g->values[n->in[0]].data && !n->prim)
+        if (n->op->view && n->in[0] >= 0 && !g->values[n->in[0]].data && !n->prim && !n->n_pre)
             g->values[n->out[0]].view_of = n->in[0];
     }
     for (size_t s = 0; s < m->n_steps; s++) {
         nn_node *n = &g->nodes[m->steps[s]];
-        for (int k = 0; k <= n->n_in; k++) {
-            int v = k < n->n_in ? n->in[k] : n->sum_in;
+        for (int k = 0; k <= n->n_in + n->n_pre; k++) {
+            int v = k < n->n_in ? n->in[k] : k == n->n_in ? n->sum_in : n->pre[k - n->n_in - 1].src;
             if (v < 0 || g->values[v].data)
                 continue;
             int r = root_of(g, v);
@@ -194,16 +194,16 @@ static xr_code plan(nn_model *m, xr_error *err)
     xr_code rc = XR_OK;
     for (size_t s = 0; s < m->n_steps && !rc; s++) {
         nn_node *n = &g->nodes[m->steps[s]];
-        for (int k = 0; k < n->n_out; k++) {
-            int v = n->out[k];
+        for (int k = 0; k < n->n_out + n->n_pre; k++) {
+            int v = k < n->n_pre ? n->pre[k].dst : n->out[k - n->n_pre];
             if (v < 0 || g->values[v].view_of >= 0)
                 continue;
             g->values[v].offset = fl_take(&f, g->values[v].n_bytes);
             if (g->values[v].last_use < 0 && !fl_give(&f, g->values[v].offset, g->values[v].n_bytes))
                 rc = xr_error_set(err, XR_E_NOMEM, "out of memory");
         }
-        for (int k = 0; k <= n->n_in && !rc; k++) {
-            int v = k < n->n_in ? n->in[k] : n->sum_in;
+        for (int k = 0; k <= n->n_in + n->n_pre && !rc; k++) {
+            int v = k < n->n_in ? n->in[k] : k == n->n_in ? n->sum_in : n->pre[k - n->n_in - 1].src;
             if (v < 0 || g->values[v].data)
                 continue;
             int r = root_of(g, v);
@@ -452,7 +452,7 @@ static xr_code compile(nn_model *m, const Onnx__ModelProto *mp, const char *base
         if ((rc = n->op->prepare(&m->g, n, err)))
             return rc;
     }
-    if ((rc = plan(m, err)))
+    if ((rc = nn_layout_fixup(&m->g, err)) || (rc = plan(m, err)))
         return rc;
     m->stats.n_steps = m->n_steps;
     m->stats.arena_bytes = m->arena_bytes;
@@ -617,7 +617,7 @@ xr_code nn_session_new(const nn_model *m, int n_threads, nn_session **ret_sessio
     s->n_threads = n_threads;
     s->arena = nn_aligned_alloc(m->arena_bytes);
     s->scratch = m->scratch_bytes ? nn_aligned_alloc(m->scratch_bytes) : NULL;
-    s->mems = calloc(m->n_steps * NN_MAX_DNNL_ARGS + 1, sizeof(dnnl_memory_t));
+    s->mems = calloc(m->n_steps * NN_STEP_MEMS + 1, sizeof(dnnl_memory_t));
     if (!s->arena || (m->scratch_bytes && !s->scratch) || !s->mems) {
         rc = xr_error_set(err, XR_E_NOMEM, "out of memory for a session of %zu bytes",
                           m->arena_bytes + m->scratch_bytes);
@@ -631,7 +631,7 @@ xr_code nn_session_new(const nn_model *m, int n_threads, nn_session **ret_sessio
         const nn_node *n = &m->g.nodes[m->steps[st]];
         for (int i = 0; i < n->n_args; i++) {
             const nn_dnnl_arg *a = &n->args[i];
-            dnnl_memory_t *mem = &s->mems[st * NN_MAX_DNNL_ARGS + i];
+            dnnl_memory_t *mem = &s->mems[st * NN_STEP_MEMS + i];
             if (a->value == -1) {
                 *mem = a->mem; /* model-owned, shared read-only */
                 continue;
@@ -639,6 +639,16 @@ xr_code nn_session_new(const nn_model *m, int n_threads, nn_session **ret_sessio
             void *ptr = a->value == -2 ? s->scratch : nn_ptr(&m->g, &x, a->value);
             if ((rc = nn_dnnl_check(dnnl_memory_create(mem, &a->md, m->engine, ptr), n,
                                     "memory", err)))
+                goto out;
+        }
+        for (int i = 0; i < n->n_pre; i++) {
+            dnnl_memory_t *mem = &s->mems[st * NN_STEP_MEMS + NN_MAX_DNNL_ARGS + 2 * i];
+            if ((rc = nn_dnnl_check(dnnl_memory_create(&mem[0], &n->pre[i].smd, m->engine,
+                                                       nn_ptr(&m->g, &x, n->pre[i].src)),
+                                    n, "memory", err)) ||
+                (rc = nn_dnnl_check(dnnl_memory_create(&mem[1], &n->pre[i].dmd, m->engine,
+                                                       nn_ptr(&m->g, &x, n->pre[i].dst)),
+                                    n, "memory", err)))
                 goto out;
         }
     }
@@ -657,8 +667,13 @@ nn_session *nn_session_free(nn_session *s)
         for (size_t st = 0; st < s->m->n_steps; st++) {
             const nn_node *n = &s->m->g.nodes[s->m->steps[st]];
             for (int i = 0; i < n->n_args; i++) {
-                dnnl_memory_t mem = s->mems[st * NN_MAX_DNNL_ARGS + i];
+                dnnl_memory_t mem = s->mems[st * NN_STEP_MEMS + i];
                 if (mem && n->args[i].value != -1)
+                    dnnl_memory_destroy(mem);
+            }
+            for (int i = 0; i < 2 * n->n_pre; i++) {
+                dnnl_memory_t mem = s->mems[st * NN_STEP_MEMS + NN_MAX_DNNL_ARGS + i];
+                if (mem)
                     dnnl_memory_destroy(mem);
             }
         }
@@ -699,6 +714,8 @@ xr_code nn_session_run(nn_session *s, uint32_t n_batch, const void *const *input
             const nn_node *n = &g->nodes[m->steps[st]];
             xr_code rc;
             x.step = st;
+            if (n->n_pre && (rc = nn_pre_run(g, n, &x, err)))
+                return rc;
             if (n->prim)
                 rc = nn_dnnl_run(g, n, &x, err);
             else if (n->op->view && g->values[n->out[0]].view_of >= 0)

@@ -57,6 +57,8 @@ typedef struct nn_value {
     int n_uses;      /* runtime consumers */
     int view_of;     /* runtime: shares the buffer of this value (-1: own buffer) */
     int last_use;    /* plan: last step reading it (through views) */
+    bool blocked;    /* held in oneDNN's layout md (only oneDNN steps and reorders read it) */
+    dnnl_memory_desc_t md;
     size_t offset;   /* plan: arena offset of its buffer */
 } nn_value;
 
@@ -93,6 +95,17 @@ typedef struct nn_dnnl_arg {
 
 #define NN_MAX_DNNL_ARGS 8
 #define NN_MAX_POST 4
+#define NN_MAX_PRE 4
+/* Memory objects a session keeps per step: the primitive's arguments, then the pre-reorders'
+ * (from, to) pairs. */
+#define NN_STEP_MEMS (NN_MAX_DNNL_ARGS + 2 * NN_MAX_PRE)
+
+/* A layout change run just before a step: value src (as laid out) into value dst (new). */
+typedef struct nn_pre {
+    int src, dst;
+    dnnl_primitive_t prim;
+    dnnl_memory_desc_t smd, dmd;
+} nn_pre;
 
 struct nn_node {
     const struct nn_op *op;
@@ -111,6 +124,8 @@ struct nn_node {
     int n_args;
     nn_dnnl_arg args[NN_MAX_DNNL_ARGS];
     size_t scratch_bytes;
+    int n_pre;
+    nn_pre pre[NN_MAX_PRE];
     int bias_in;                  /* MatMul: constant bias vector fused from an Add, else -1 */
     bool post_add_c;              /* Gemm: beta*C added after the primitive (runtime C) */
 };
@@ -196,6 +211,10 @@ xr_code nn_dnnl_run(const nn_graph *g, const nn_node *n, nn_exec *x, xr_error *e
 xr_code nn_matmul_ref(const nn_graph *g, const nn_node *n, nn_exec *x, xr_error *err);
 xr_code nn_gemm_ref(const nn_graph *g, const nn_node *n, nn_exec *x, xr_error *err);
 void nn_node_dnnl_free(nn_node *n);
+/* After every prepare: readers that need plain row-major data get reorders of blocked inputs. */
+xr_code nn_layout_fixup(nn_graph *g, xr_error *err);
+/* Run n's layout reorders (session memory objects after its argument slots). */
+xr_code nn_pre_run(const nn_graph *g, const nn_node *n, nn_exec *x, xr_error *err);
 
 /* nn-opt.c: fusions; returns the number of nodes absorbed. */
 size_t nn_graph_optimize(nn_graph *g);
