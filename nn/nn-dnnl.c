@@ -255,8 +255,10 @@ xr_code nn_layout_fixup(nn_graph *g, xr_error *err)
         nn_node *n = &g->nodes[i];
         if (n->dead)
             continue;
-        bool conv = n->prim && strcmp(n->op_type, "Conv") == 0;
-        for (int k = conv ? n->n_in : 0; k < n->n_in; k++) {
+        /* these oneDNN steps read any layout; MatMul/Gemm and reference kernels want plain */
+        bool any = n->prim && (strcmp(n->op_type, "Conv") == 0 || strcmp(n->op_type, "Add") == 0 ||
+                               strcmp(n->op_type, "Mul") == 0 || strstr(n->op_type, "Pool"));
+        for (int k = any ? n->n_in : 0; k < n->n_in; k++) {
             if (n->in[k] < 0 || !g->values[n->in[k]].blocked)
                 continue;
             dnnl_memory_desc_t md;
@@ -668,4 +670,120 @@ xr_code nn_gemm_ref(const nn_graph *g, const nn_node *n, nn_exec *x, xr_error *e
             Y[i * N + j] = (float)s;
         }
     return XR_OK;
+}
+
+/* ---------------------------------------------------------------- blocked-layout readers */
+
+/* Output value y takes the layout md (blocked or plain). */
+static void set_layout(const nn_node *n, nn_value *y, const dnnl_memory_desc_t *md)
+{
+    y->md = *md;
+    y->blocked = !md_is_plain(n, md, y);
+    if (y->blocked)
+        y->n_bytes = dnnl_memory_desc_get_size(md);
+}
+
+/*
+ * MaxPool (no Indices) and GlobalAveragePool on a blocked input run as oneDNN pooling in that
+ * layout, so a chain of convolutions is not broken by reorders; on plain input the reference
+ * kernel runs (it is the one the conformance cases check).
+ */
+xr_code nn_pool_prepare(nn_graph *g, nn_node *n, xr_error *err)
+{
+    xr_code rc = XR_OK;
+    const nn_value *x = IN(0);
+    bool gap = strcmp(n->op_type, "GlobalAveragePool") == 0;
+    bool mx = strcmp(n->op_type, "MaxPool") == 0;
+    if (!x->blocked || (!gap && !mx) || n->n_out > 1 || x->dtype != NN_DTYPE_FLOAT)
+        return XR_OK;
+    nn_value *y = OUTV(0);
+    dnnl_memory_desc_t dmd;
+    dnnl_dims_t yd, st, k, dl, pl, pr;
+    for (int i = 0; i < y->rank; i++)
+        yd[i] = y->dims[i];
+    for (int i = 0; i < n->a.n_sp; i++) {
+        int64_t ek = (n->a.kernel[i] - 1) * n->a.dil[i] + 1;
+        st[i] = n->a.strides[i];
+        k[i] = n->a.kernel[i];
+        dl[i] = n->a.dil[i] - 1;
+        pl[i] = n->a.pads_l[i];
+        /* oneDNN wants out = (in + pl + pr - ek) / s + 1 exactly (ceil_mode included) */
+        pr[i] = (y->dims[2 + i] - 1) * n->a.strides[i] + ek - x->dims[2 + i] - pl[i];
+    }
+    CK(dnnl_memory_desc_init_by_tag(&dmd, y->rank, yd, dnnl_f32,
+                                    y->is_output ? plain_tag(y->rank) : dnnl_format_tag_any),
+       "dst");
+    dnnl_pooling_v2_desc_t pdsc;
+    CK(dnnl_pooling_v2_forward_desc_init(&pdsc, dnnl_forward_inference,
+                                         mx ? dnnl_pooling_max : dnnl_pooling_avg_exclude_padding,
+                                         &x->md, &dmd, st, k, dl, pl, pr),
+       "pooling desc");
+    dnnl_primitive_attr_t attr = NULL;
+    dnnl_primitive_desc_t pd = NULL;
+    if ((rc = make_attr(n, &attr, err)))
+        return rc;
+    if (dnnl_primitive_desc_create(&pd, &pdsc, attr, g->engine, NULL) != dnnl_success) {
+        dnnl_primitive_attr_destroy(attr);
+        return XR_OK; /* no implementation: the reference kernel after a reorder */
+    }
+    dnnl_primitive_attr_destroy(attr);
+    dmd = *dnnl_primitive_desc_query_md(pd, dnnl_query_dst_md, 0);
+    set_layout(n, y, &dmd);
+    add_arg(n, DNNL_ARG_SRC, n->in[0], &x->md, NULL);
+    add_arg(n, DNNL_ARG_DST, n->out[0], &dmd, NULL);
+    rc = finish_pd(g, n, pd, -1, NULL, err);
+out:
+    return rc;
+}
+
+/* Mul/Add with a blocked operand and a same-shape or per-channel other one (the
+ * squeeze-excitation scale): oneDNN binary in the blocked layout. */
+xr_code nn_binary_prepare(nn_graph *g, nn_node *n, xr_error *err)
+{
+    xr_code rc = XR_OK;
+    bool mul = strcmp(n->op_type, "Mul") == 0, add = strcmp(n->op_type, "Add") == 0;
+    if ((!mul && !add) || n->n_in != 2)
+        return XR_OK;
+    /* a: the full-size operand, b: the one broadcast over it */
+    int a = n->in[0], b = n->in[1];
+    if (g->values[a].n_elems != OUTV(0)->n_elems ||
+        (!g->values[a].blocked && g->values[b].blocked &&
+         g->values[b].n_elems == OUTV(0)->n_elems)) {
+        a = n->in[1];
+        b = n->in[0];
+    }
+    const nn_value *va = &g->values[a], *vb = &g->values[b], *y = OUTV(0);
+    if (!va->blocked || va->dtype != NN_DTYPE_FLOAT || vb->dtype != NN_DTYPE_FLOAT ||
+        va->rank != y->rank || va->n_elems != y->n_elems || vb->rank > y->rank)
+        return XR_OK;
+    dnnl_memory_desc_t bmd;
+    if (vb->blocked) {
+        bmd = vb->md;
+    } else {
+        int64_t bd[NN_MAX_RANK];
+        for (int i = 0; i < y->rank; i++)
+            bd[i] = i < y->rank - vb->rank ? 1 : vb->dims[i - (y->rank - vb->rank)];
+        if ((rc = plain_md(n, &bmd, y->rank, bd, err)))
+            return rc;
+    }
+    dnnl_binary_desc_t bdsc;
+    dnnl_memory_desc_t dmd = y->is_output ? bmd : va->md;
+    if (y->is_output && (rc = plain_md(n, &dmd, y->rank, y->dims, err)))
+        return rc;
+    if (dnnl_binary_desc_init(&bdsc, mul ? dnnl_binary_mul : dnnl_binary_add, &va->md, &bmd,
+                              &dmd) != dnnl_success)
+        return XR_OK;
+    dnnl_primitive_attr_t attr = NULL;
+    dnnl_primitive_desc_t pd = NULL;
+    if ((rc = make_attr(n, &attr, err)))
+        return rc;
+    dnnl_status_t st = dnnl_primitive_desc_create(&pd, &bdsc, attr, g->engine, NULL);
+    dnnl_primitive_attr_destroy(attr);
+    if (st != dnnl_success)
+        return XR_OK;
+    set_layout(n, OUTV(0), &dmd);
+    add_arg(n, DNNL_ARG_SRC_0, a, &va->md, NULL);
+    add_arg(n, DNNL_ARG_SRC_1, b, &bmd, NULL);
+    add_arg(n, DNNL_ARG_DST, n->out[0], &dmd, NULL);
+    return finish_pd(g, n, pd, -1, NULL, err);
 }

@@ -296,9 +296,8 @@ size_t nn_graph_optimize(nn_graph *g)
     size_t n_done = fold_batchnorm(g);
     for (size_t i = 0; i < g->n_nodes; i++) {
         nn_node *n = &g->nodes[i];
-        if (n->dead || !n->op->prepare)
+        if (n->dead || (!is_op(n, "Conv") && !is_op(n, "MatMul") && !is_op(n, "Gemm")))
             continue;
-        /* runtime weights keep their plain layout; fusion still applies */
         n_done += fuse_after(g, n);
     }
     return n_done;
