@@ -12,6 +12,7 @@
 #include "ctl-dicom.h"
 #include "ctl-meanstd.h"
 #include "ctl-registry.h"
+#include "ctl-nn.h"
 #include "log.h"
 #include "pgembed.h"
 #include "pipeline.h"
@@ -31,6 +32,7 @@ static void usage(FILE *f)
             "  dicom-decode FILE  decode a DICOM object's pixels (see dicom-decode --help)\n"
             "  mean-std DIR...  per-channel mean/std of a dataset (see mean-std --help)\n");
     ctl_registry_usage(f);
+    ctl_nn_usage(f);
     fprintf(f,
             "\nOptions:\n"
             "  -c, --config PATH  configuration file (default %s/xregd.yaml)\n"
@@ -258,6 +260,8 @@ int main(int argc, char **argv)
         log_setup(o.quiet ? XR_LOG_WARNING : XR_LOG_NOTICE);
         return ctl_registry_main(o.config_path, o.quiet, sargc, sargv);
     }
+    if (strncmp(cmd, "nn-", 3) == 0)
+        return ctl_nn_main(sargc, sargv);
     optind = 0;
     rc = parse_opts(sargc, sargv, &o);
     if (rc >= 0)

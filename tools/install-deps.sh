@@ -24,6 +24,11 @@ packages=(
   # benchmarks only: Orthanc as a peer to compare with
   orthanc
   systemd
+  # nn/: oneDNN (its CMake package needs the OpenCL dev files: Debian builds it with the OCL
+  # GPU runtime), protobuf-c over Debian's onnx.proto, the ONNX conformance data, and
+  # OpenBLAS so that Debian's PyTorch exports models and references in seconds
+  libdnnl-dev ocl-icd-opencl-dev cmake libprotobuf-c-dev protobuf-c-compiler libonnx-dev
+  libonnx-testdata python3-torch python3-torchvision python3-onnx libopenblas0-openmp
 )
 
 missing=()

@@ -1,0 +1,789 @@
+/*
+ * oneDNN steps: Conv (convolution), MatMul and Gemm (matmul), with fused post-ops. Constant
+ * weights are reordered once, here, into the layout the primitive chose (format_tag_any);
+ * activations stay in plain row-major layouts so every other step can read them.
+ * Every primitive uses a user scratchpad so that concurrent sessions never share one.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "nn-internal.h"
+
+#define IN(i) (&g->values[n->in[i]])
+#define OUTV(i) (&g->values[n->out[i]])
+#define HAS(i) ((i) < n->n_in && n->in[i] >= 0)
+
+static const char *status_name(dnnl_status_t st)
+{
+    switch (st) {
+    case dnnl_success: return "success";
+    case dnnl_out_of_memory: return "out of memory";
+    case dnnl_invalid_arguments: return "invalid arguments";
+    case dnnl_unimplemented: return "no implementation for these shapes";
+    case dnnl_iterator_ends: return "iterator ends";
+    case dnnl_runtime_error: return "runtime error";
+    case dnnl_not_required: return "not required";
+    default: return "unrecognized status";
+    }
+}
+
+xr_code nn_dnnl_check(dnnl_status_t st, const nn_node *n, const char *what, xr_error *err)
+{
+    if (st == dnnl_success)
+        return XR_OK;
+    xr_code code = st == dnnl_out_of_memory ? XR_E_NOMEM
+                   : st == dnnl_unimplemented ? XR_E_UNSUPPORTED
+                                              : XR_E_INTERNAL;
+    return xr_error_set(err, code, "node \"%s\" (%s): oneDNN %s: %s (%d)", n ? n->name : "-",
+                        n ? n->op_type : "-", what, status_name(st), (int)st);
+}
+
+#define CK(call, what)                                                                         \
+    do {                                                                                       \
+        if ((rc = nn_dnnl_check((call), n, (what), err)))                                      \
+            goto out;                                                                          \
+    } while (0)
+
+static dnnl_format_tag_t plain_tag(int rank)
+{
+    static const dnnl_format_tag_t tags[] = {dnnl_a, dnnl_a, dnnl_ab, dnnl_abc, dnnl_abcd,
+                                             dnnl_abcde, dnnl_abcdef};
+    return rank >= 1 && rank <= 6 ? tags[rank] : dnnl_format_tag_undef;
+}
+
+static xr_code plain_md(const nn_node *n, dnnl_memory_desc_t *md, int rank, const int64_t *dims,
+                        xr_error *err)
+{
+    dnnl_dims_t d;
+    xr_code rc = XR_OK;
+    if (rank < 1 || rank > 6)
+        return xr_error_set(err, XR_E_UNSUPPORTED, "node \"%s\" (%s): rank %d not supported",
+                            n->name, n->op_type, rank);
+    for (int i = 0; i < rank; i++)
+        d[i] = dims[i];
+    CK(dnnl_memory_desc_init_by_tag(md, rank, d, dnnl_f32, plain_tag(rank)), "memory desc");
+out:
+    return rc;
+}
+
+static void add_arg(nn_node *n, int arg, int value, const dnnl_memory_desc_t *md,
+                    dnnl_memory_t mem)
+{
+    nn_dnnl_arg *a = &n->args[n->n_args++];
+    a->arg = arg;
+    a->value = value;
+    a->md = *md;
+    a->mem = mem;
+}
+
+static xr_code make_attr(nn_node *n, dnnl_primitive_attr_t *ret, xr_error *err)
+{
+    xr_code rc = XR_OK;
+    dnnl_primitive_attr_t attr = NULL;
+    dnnl_post_ops_t po = NULL;
+    CK(dnnl_primitive_attr_create(&attr), "attr");
+    CK(dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user), "scratchpad");
+    if (n->n_post) {
+        CK(dnnl_post_ops_create(&po), "post-ops");
+        for (int i = 0; i < n->n_post; i++) {
+            const nn_post *p = &n->post[i];
+            if (p->kind == NN_POST_SUM)
+                CK(dnnl_post_ops_append_sum(po, 1.0f), "sum post-op");
+            else
+                CK(dnnl_post_ops_append_eltwise(po, 1.0f, p->alg, p->alpha, p->beta),
+                   "eltwise post-op");
+        }
+        CK(dnnl_primitive_attr_set_post_ops(attr, po), "set post-ops");
+    }
+    *ret = attr;
+    attr = NULL;
+out:
+    if (po)
+        dnnl_post_ops_destroy(po);
+    if (attr)
+        dnnl_primitive_attr_destroy(attr);
+    return rc;
+}
+
+/* Reorder constant data (plain layout user_md at src) into a new memory of layout md. */
+static xr_code reorder_const(nn_graph *g, nn_node *n, const dnnl_memory_desc_t *user_md,
+                             void *src, const dnnl_memory_desc_t *md, dnnl_memory_t *ret,
+                             xr_error *err)
+{
+    xr_code rc = XR_OK;
+    dnnl_memory_t um = NULL, m = NULL;
+    dnnl_primitive_desc_t rpd = NULL;
+    dnnl_primitive_t r = NULL;
+    CK(dnnl_memory_create(&um, user_md, g->engine, src), "weights memory");
+    CK(dnnl_memory_create(&m, md, g->engine, DNNL_MEMORY_ALLOCATE), "weights memory");
+    CK(dnnl_reorder_primitive_desc_create(&rpd, user_md, g->engine, md, g->engine, NULL),
+       "weights reorder");
+    CK(dnnl_primitive_create(&r, rpd), "weights reorder");
+    dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, um}, {DNNL_ARG_TO, m}};
+    CK(dnnl_primitive_execute(r, g->stream, 2, args), "weights reorder");
+    CK(dnnl_stream_wait(g->stream), "weights reorder");
+    *ret = m;
+    m = NULL;
+out:
+    if (r)
+        dnnl_primitive_destroy(r);
+    if (rpd)
+        dnnl_primitive_desc_destroy(rpd);
+    if (um)
+        dnnl_memory_destroy(um);
+    if (m)
+        dnnl_memory_destroy(m);
+    return rc;
+}
+
+/* Primitive + scratchpad from pd (owned, destroyed here); binds weights (value wv, reordered
+ * once when constant). */
+static xr_code finish_pd(nn_graph *g, nn_node *n, dnnl_primitive_desc_t pd, int wv,
+                         const dnnl_memory_desc_t *w_user_md, xr_error *err)
+{
+    xr_code rc = XR_OK;
+    dnnl_primitive_attr_t attr = NULL;
+    if (wv >= 0) {
+        const dnnl_memory_desc_t *wmd = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
+        if (g->values[wv].data) {
+            dnnl_memory_t wm = NULL;
+            if ((rc = reorder_const(g, n, w_user_md, g->values[wv].data, wmd, &wm, err)))
+                goto out;
+            add_arg(n, DNNL_ARG_WEIGHTS, -1, wmd, wm);
+        } else {
+            add_arg(n, DNNL_ARG_WEIGHTS, wv, wmd, NULL);
+        }
+    }
+    const dnnl_memory_desc_t *smd = dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
+    n->scratch_bytes = smd ? dnnl_memory_desc_get_size(smd) : 0;
+    if (n->scratch_bytes)
+        add_arg(n, DNNL_ARG_SCRATCHPAD, -2, smd, NULL);
+    CK(dnnl_primitive_create(&n->prim, pd), "primitive");
+out:
+    if (pd)
+        dnnl_primitive_desc_destroy(pd);
+    if (attr)
+        dnnl_primitive_attr_destroy(attr);
+    return rc;
+}
+
+static xr_code finish(nn_graph *g, nn_node *n, const void *op_desc, int wv,
+                      const dnnl_memory_desc_t *w_user_md, xr_error *err)
+{
+    xr_code rc = XR_OK;
+    dnnl_primitive_attr_t attr = NULL;
+    dnnl_primitive_desc_t pd = NULL;
+    if ((rc = make_attr(n, &attr, err)))
+        return rc;
+    CK(dnnl_primitive_desc_create(&pd, op_desc, attr, g->engine, NULL), "primitive descriptor");
+    rc = finish_pd(g, n, pd, wv, w_user_md, err);
+    pd = NULL;
+out:
+    if (pd)
+        dnnl_primitive_desc_destroy(pd);
+    if (attr)
+        dnnl_primitive_attr_destroy(attr);
+    return rc;
+}
+
+static bool md_is_plain(const nn_node *n, const dnnl_memory_desc_t *md, const nn_value *v)
+{
+    dnnl_memory_desc_t p;
+    if (plain_md(n, &p, v->rank, v->dims, NULL))
+        return false;
+    return dnnl_memory_desc_equal(&p, md) != 0;
+}
+
+/* Layout of value v as it is held. */
+static xr_code value_md(const nn_node *n, const nn_value *v, dnnl_memory_desc_t *md, xr_error *err)
+{
+    if (v->blocked) {
+        *md = v->md;
+        return XR_OK;
+    }
+    return plain_md(n, md, v->rank, v->dims, err);
+}
+
+/* Replace the value in *slot by a copy laid out as want, made by a reorder before n runs. */
+static xr_code add_pre(nn_graph *g, nn_node *n, int *slot, const dnnl_memory_desc_t *want,
+                       xr_error *err)
+{
+    xr_code rc = XR_OK;
+    if (n->n_pre >= NN_MAX_PRE)
+        return xr_error_set(err, XR_E_INTERNAL, "node \"%s\": too many layout changes", n->name);
+    if (g->n_values >= g->cap_values)
+        return xr_error_set(err, XR_E_LIMIT, "too many tensors after rewrites");
+    int src = *slot, dst = (int)g->n_values;
+    nn_value *sv = &g->values[src], *dv = &g->values[dst];
+    memset(dv, 0, sizeof(*dv));
+    size_t l = strlen(sv->name) + 16;
+    if (!(dv->name = malloc(l)))
+        return xr_error_set(err, XR_E_NOMEM, "out of memory");
+    snprintf(dv->name, l, "%s/reorder%d", sv->name, n->n_pre);
+    g->n_values++;
+    if ((rc = nn_value_shape(dv, sv->dtype, sv->rank, sv->dims, err)))
+        return rc;
+    dv->producer = (int)(n - g->nodes);
+    dv->view_of = -1;
+    dv->md = *want;
+    dv->blocked = !md_is_plain(n, want, dv);
+    dv->n_bytes = dnnl_memory_desc_get_size(want);
+    nn_pre *p = &n->pre[n->n_pre];
+    dnnl_primitive_desc_t rpd = NULL;
+    if ((rc = value_md(n, sv, &p->smd, err)))
+        return rc;
+    p->dmd = *want;
+    CK(dnnl_reorder_primitive_desc_create(&rpd, &p->smd, g->engine, &p->dmd, g->engine, NULL),
+       "layout reorder");
+    CK(dnnl_primitive_create(&p->prim, rpd), "layout reorder");
+    p->src = src;
+    p->dst = dst;
+    n->n_pre++;
+    *slot = dst;
+out:
+    if (rpd)
+        dnnl_primitive_desc_destroy(rpd);
+    return rc;
+}
+
+xr_code nn_layout_fixup(nn_graph *g, xr_error *err)
+{
+    xr_code rc = XR_OK;
+    for (size_t i = 0; i < g->n_nodes; i++) {
+        nn_node *n = &g->nodes[i];
+        if (n->dead)
+            continue;
+        /* these oneDNN steps read any layout; MatMul/Gemm and reference kernels want plain */
+        bool any = n->prim && (strcmp(n->op_type, "Conv") == 0 || strcmp(n->op_type, "Add") == 0 ||
+                               strcmp(n->op_type, "Mul") == 0 || strstr(n->op_type, "Pool"));
+        for (int k = any ? n->n_in : 0; k < n->n_in; k++) {
+            if (n->in[k] < 0 || !g->values[n->in[k]].blocked)
+                continue;
+            dnnl_memory_desc_t md;
+            if ((rc = plain_md(n, &md, g->values[n->in[k]].rank, g->values[n->in[k]].dims, err)) ||
+                (rc = add_pre(g, n, &n->in[k], &md, err)))
+                return rc;
+        }
+    }
+    return rc;
+}
+
+xr_code nn_conv_prepare(nn_graph *g, nn_node *n, xr_error *err)
+{
+    xr_code rc;
+    const nn_value *x = IN(0), *w = IN(1), *y = OUTV(0);
+    dnnl_memory_desc_t smd, dmd, wmd, wuser, bmd, xmd;
+    if ((rc = value_md(n, x, &xmd, err)))
+        return rc;
+    /* weights: [G, OC/G, IC/G, k...] when grouped */
+    int64_t wd[NN_MAX_RANK];
+    int wr = w->rank;
+    if (n->a.group > 1) {
+        wd[0] = n->a.group;
+        wd[1] = w->dims[0] / n->a.group;
+        for (int i = 1; i < w->rank; i++)
+            wd[i + 1] = w->dims[i];
+        wr++;
+    } else {
+        memcpy(wd, w->dims, sizeof(wd));
+    }
+    if ((rc = plain_md(n, &wuser, wr, wd, err)))
+        return rc;
+    dnnl_dims_t d;
+    for (int i = 0; i < wr; i++)
+        d[i] = wd[i];
+    if (w->data)
+        CK(dnnl_memory_desc_init_by_tag(&wmd, wr, d, dnnl_f32, dnnl_format_tag_any), "weights");
+    else
+        wmd = wuser;
+    if (HAS(2) && (rc = plain_md(n, &bmd, 1, IN(2)->dims, err)))
+        return rc;
+    dnnl_dims_t st, dl, pl, pr;
+    for (int i = 0; i < n->a.n_sp; i++) {
+        st[i] = n->a.strides[i];
+        dl[i] = n->a.dil[i] - 1;
+        pl[i] = n->a.pads_l[i];
+        pr[i] = n->a.pads_r[i];
+    }
+    /* Let oneDNN choose activation layouts (blocked for AVX2) unless the output must be plain:
+     * a graph output, or a residual held plain. Try that first; fall back to plain. */
+    dnnl_dims_t xd, yd;
+    for (int i = 0; i < x->rank; i++) {
+        xd[i] = x->dims[i];
+        yd[i] = y->dims[i];
+    }
+    bool plain_out = y->is_output || !w->data ||
+                     (n->sum_in >= 0 && !g->values[n->sum_in].blocked);
+    dnnl_primitive_attr_t attr = NULL;
+    dnnl_primitive_desc_t pd = NULL;
+    dnnl_convolution_desc_t cd;
+    if ((rc = make_attr(n, &attr, err)))
+        return rc;
+    for (int attempt = 0; attempt < 2; attempt++) {
+        bool any = attempt == 0 && w->data;
+        CK(dnnl_memory_desc_init_by_tag(&smd, x->rank, xd, dnnl_f32,
+                                        any ? dnnl_format_tag_any : plain_tag(x->rank)), "src");
+        if (any && !plain_out && n->sum_in >= 0)
+            dmd = g->values[n->sum_in].md;
+        else
+            CK(dnnl_memory_desc_init_by_tag(&dmd, y->rank, yd, dnnl_f32,
+                                            any && !plain_out ? dnnl_format_tag_any
+                                                              : plain_tag(y->rank)), "dst");
+        CK(dnnl_dilated_convolution_forward_desc_init(&cd, dnnl_forward_inference,
+                                                      dnnl_convolution_direct, &smd, &wmd,
+                                                      HAS(2) ? &bmd : NULL, &dmd, st, dl, pl, pr),
+           "convolution desc");
+        dnnl_status_t s2 = dnnl_primitive_desc_create(&pd, &cd, attr, g->engine, NULL);
+        if (s2 == dnnl_success)
+            break;
+        pd = NULL;
+        if (attempt == 1)
+            CK(s2, "primitive descriptor");
+    }
+    smd = *dnnl_primitive_desc_query_md(pd, dnnl_query_src_md, 0);
+    dmd = *dnnl_primitive_desc_query_md(pd, dnnl_query_dst_md, 0);
+    if (!dnnl_memory_desc_equal(&smd, &xmd) && (rc = add_pre(g, n, &n->in[0], &smd, err)))
+        goto out;
+    if (n->sum_in >= 0) {
+        dnnl_memory_desc_t rmd;
+        if ((rc = value_md(n, &g->values[n->sum_in], &rmd, err)))
+            goto out;
+        if (!dnnl_memory_desc_equal(&rmd, &dmd) && (rc = add_pre(g, n, &n->sum_in, &dmd, err)))
+            goto out;
+    }
+    {
+        nn_value *yv = &g->values[n->out[0]];
+        yv->md = dmd;
+        yv->blocked = !md_is_plain(n, &dmd, yv);
+        if (yv->blocked)
+            yv->n_bytes = dnnl_memory_desc_get_size(&dmd);
+    }
+    add_arg(n, DNNL_ARG_SRC, n->in[0], &smd, NULL);
+    add_arg(n, DNNL_ARG_DST, n->out[0], &dmd, NULL);
+    if (HAS(2))
+        add_arg(n, DNNL_ARG_BIAS, n->in[2], &bmd, NULL);
+    rc = finish_pd(g, n, pd, n->in[1], &wuser, err);
+    pd = NULL;
+out:
+    if (pd)
+        dnnl_primitive_desc_destroy(pd);
+    if (attr)
+        dnnl_primitive_attr_destroy(attr);
+    return rc;
+}
+
+/* md of rank r with dims right-aligned (leading 1s), optionally transposing the last two. */
+static xr_code mm_md(const nn_node *n, dnnl_memory_desc_t *md, int r, int rank,
+                     const int64_t *dims, bool trans, bool any, xr_error *err)
+{
+    xr_code rc = XR_OK;
+    dnnl_dims_t d = {0}, s = {0};
+    for (int i = 0; i < r; i++)
+        d[i] = i < r - rank ? 1 : dims[i - (r - rank)];
+    if (trans) {
+        /* logical [.., K, N] over data stored [.., N, K] */
+        dnnl_dim_t t = d[r - 1];
+        d[r - 1] = d[r - 2];
+        d[r - 2] = t;
+        int64_t acc = 1;
+        s[r - 2] = 1;
+        s[r - 1] = d[r - 2];
+        acc = d[r - 1] * d[r - 2];
+        for (int i = r - 3; i >= 0; i--) {
+            s[i] = acc;
+            acc *= d[i];
+        }
+        CK(dnnl_memory_desc_init_by_strides(md, r, d, dnnl_f32, s), "matmul desc");
+    } else {
+        CK(dnnl_memory_desc_init_by_tag(md, r, d, dnnl_f32,
+                                        any ? dnnl_format_tag_any : plain_tag(r)),
+           "matmul desc");
+    }
+out:
+    return rc;
+}
+
+xr_code nn_matmul_prepare(nn_graph *g, nn_node *n, xr_error *err)
+{
+    xr_code rc = XR_OK;
+    bool gemm = strcmp(n->op_type, "Gemm") == 0;
+    const nn_value *a = IN(0), *b = IN(1), *y = OUTV(0);
+    int64_t ad[NN_MAX_RANK], bd[NN_MAX_RANK], yd[NN_MAX_RANK];
+    int ar = a->rank, br = b->rank, yr = y->rank;
+    memcpy(ad, a->dims, sizeof(ad));
+    memcpy(bd, b->dims, sizeof(bd));
+    memcpy(yd, y->dims, sizeof(yd));
+    /* 1-D operands: [K] -> [1,K] and [K] -> [K,1]; the output keeps both axes here */
+    (void)yr;
+    if (ar == 1) {
+        ad[1] = ad[0];
+        ad[0] = 1;
+        ar = 2;
+    }
+    if (br == 1) {
+        bd[1] = 1;
+        br = 2;
+    }
+    int r = ar > br ? ar : br;
+    if (r > 6)
+        return xr_error_set(err, XR_E_UNSUPPORTED, "node \"%s\" (%s): rank %d above 6",
+                            n->name, n->op_type, r);
+    for (int i = 0; i < r - 2; i++) {
+        int ia = i - (r - ar), ib = i - (r - br);
+        int64_t da = ia >= 0 ? ad[ia] : 1, db = ib >= 0 ? bd[ib] : 1;
+        yd[i] = da == 1 ? db : da;
+    }
+    yd[r - 2] = gemm && n->a.i0 ? ad[1] : ad[ar - 2];
+    yd[r - 1] = gemm && n->a.i1 ? bd[0] : bd[br - 1];
+    yr = r;
+    bool ta = gemm && n->a.i0, tb = gemm && n->a.i1;
+    bool bconst = b->data != NULL;
+    dnnl_memory_desc_t amd, bmd, buser, ymd, cmd;
+    if ((rc = mm_md(n, &amd, r, ar, ad, ta, false, err)) ||
+        (rc = mm_md(n, &buser, r, br, bd, tb, false, err)) ||
+        (rc = mm_md(n, &ymd, r, yr, yd, false, false, err)))
+        return rc;
+    if (bconst) {
+        int64_t ld[NN_MAX_RANK];
+        memcpy(ld, bd, sizeof(ld));
+        if (tb) {
+            ld[br - 1] = bd[br - 2];
+            ld[br - 2] = bd[br - 1];
+        }
+        if ((rc = mm_md(n, &bmd, r, br, ld, false, true, err)))
+            return rc;
+    } else {
+        bmd = buser;
+    }
+    /* bias: Gemm's C (constant, scaled by beta) or a fused MatMul bias */
+    float *wscaled = NULL, *bias = NULL;
+    int bias_v = -1;
+    n->post_add_c = false;
+    if (gemm) {
+        float alpha = n->a.f0, beta = n->a.f1;
+        if (alpha != 1.0f && bconst) {
+            /* fold alpha into B once */
+            if (!(wscaled = nn_aligned_alloc(b->n_bytes)))
+                return xr_error_set(err, XR_E_NOMEM, "out of memory");
+            for (int64_t i = 0; i < b->n_elems; i++)
+                wscaled[i] = alpha * ((const float *)b->data)[i];
+        }
+        if (HAS(2)) {
+            const nn_value *c = IN(2);
+            if (c->data && (alpha == 1.0f || bconst) && beta != 0.0f) {
+                int64_t cd[2] = {1, 1};
+                for (int i = 0; i < c->rank; i++)
+                    cd[2 - c->rank + i] = c->dims[i];
+                if (!(bias = nn_aligned_alloc(c->n_bytes))) {
+                    free(wscaled);
+                    return xr_error_set(err, XR_E_NOMEM, "out of memory");
+                }
+                for (int64_t i = 0; i < c->n_elems; i++)
+                    bias[i] = beta * ((const float *)c->data)[i];
+                if ((rc = plain_md(n, &cmd, 2, cd, err)))
+                    goto out;
+            } else if (beta != 0.0f) {
+                n->post_add_c = true;
+            }
+        }
+    } else if (n->bias_in >= 0) {
+        const nn_value *c = &g->values[n->bias_in];
+        int64_t cd[NN_MAX_RANK];
+        for (int i = 0; i < r; i++)
+            cd[i] = 1;
+        cd[r - 1] = c->n_elems;
+        bias_v = n->bias_in;
+        if ((rc = plain_md(n, &cmd, r, cd, err)))
+            goto out;
+    }
+    dnnl_matmul_desc_t md;
+    CK(dnnl_matmul_desc_init(&md, &amd, &bmd, (bias || bias_v >= 0) ? &cmd : NULL, &ymd),
+       "matmul desc");
+    add_arg(n, DNNL_ARG_SRC, n->in[0], &amd, NULL);
+    add_arg(n, DNNL_ARG_DST, n->out[0], &ymd, NULL);
+    if (bias) {
+        dnnl_memory_t cm = NULL;
+        CK(dnnl_memory_create(&cm, &cmd, g->engine, DNNL_MEMORY_ALLOCATE), "bias memory");
+        void *h = NULL;
+        CK(dnnl_memory_get_data_handle(cm, &h), "bias memory");
+        memcpy(h, bias, IN(2)->n_bytes);
+        add_arg(n, DNNL_ARG_BIAS, -1, &cmd, cm);
+    } else if (bias_v >= 0) {
+        add_arg(n, DNNL_ARG_BIAS, bias_v, &cmd, NULL);
+    }
+    if (wscaled) {
+        nn_value *bv = &g->values[n->in[1]];
+        /* swap in the scaled copy for the reorder, then restore */
+        void *orig = bv->data;
+        bv->data = wscaled;
+        rc = finish(g, n, &md, n->in[1], &buser, err);
+        bv->data = orig;
+    } else {
+        rc = finish(g, n, &md, n->in[1], &buser, err);
+    }
+out:
+    free(wscaled);
+    free(bias);
+    return rc;
+}
+
+/* Gemm output scaling and runtime C, applied after the primitive. */
+static void gemm_post(const nn_graph *g, const nn_node *n, nn_exec *x)
+{
+    float *y = nn_ptr(g, x, n->out[0]);
+    const nn_value *yv = OUTV(0);
+    int64_t m = yv->dims[0], nn = yv->dims[1];
+    bool bconst = IN(1)->data != NULL;
+    if (n->a.f0 != 1.0f && !bconst)
+        for (int64_t i = 0; i < m * nn; i++)
+            y[i] *= n->a.f0;
+    if (!n->post_add_c)
+        return;
+    const nn_value *c = IN(2);
+    const float *cp = nn_ptr(g, x, n->in[2]);
+    int64_t cd[2] = {1, 1};
+    for (int i = 0; i < c->rank; i++)
+        cd[2 - c->rank + i] = c->dims[i];
+    for (int64_t i = 0; i < m; i++)
+        for (int64_t j = 0; j < nn; j++)
+            y[i * nn + j] += n->a.f1 * cp[(cd[0] == 1 ? 0 : i) * cd[1] + (cd[1] == 1 ? 0 : j)];
+}
+
+xr_code nn_dnnl_run(const nn_graph *g, const nn_node *n, nn_exec *x, xr_error *err)
+{
+    xr_code rc = XR_OK;
+    dnnl_exec_arg_t args[NN_MAX_DNNL_ARGS];
+    dnnl_memory_t *mems = x->mems + x->step * NN_STEP_MEMS;
+    for (int i = 0; i < n->n_args; i++) {
+        args[i].arg = n->args[i].arg;
+        args[i].memory = mems[i];
+    }
+    if (n->sum_in >= 0) {
+        void *dst = nn_ptr(g, x, n->out[0]), *res = nn_ptr(g, x, n->sum_in);
+        if (dst != res)
+            memcpy(dst, res, OUTV(0)->n_bytes);
+    }
+    CK(dnnl_primitive_execute(n->prim, x->stream, n->n_args, args), "execute");
+    CK(dnnl_stream_wait(x->stream), "execute");
+    if (strcmp(n->op_type, "Gemm") == 0)
+        gemm_post(g, n, x);
+out:
+    return rc;
+}
+
+xr_code nn_pre_run(const nn_graph *g, const nn_node *n, nn_exec *x, xr_error *err)
+{
+    xr_code rc = XR_OK;
+    (void)g;
+    dnnl_memory_t *mems = x->mems + x->step * NN_STEP_MEMS + NN_MAX_DNNL_ARGS;
+    for (int i = 0; i < n->n_pre; i++) {
+        dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, mems[2 * i]}, {DNNL_ARG_TO, mems[2 * i + 1]}};
+        CK(dnnl_primitive_execute(n->pre[i].prim, x->stream, 2, args), "layout reorder");
+    }
+    if (n->n_pre)
+        CK(dnnl_stream_wait(x->stream), "layout reorder");
+out:
+    return rc;
+}
+
+void nn_node_dnnl_free(nn_node *n)
+{
+    for (int i = 0; i < n->n_pre; i++)
+        if (n->pre[i].prim)
+            dnnl_primitive_destroy(n->pre[i].prim);
+    n->n_pre = 0;
+    if (n->prim)
+        dnnl_primitive_destroy(n->prim);
+    n->prim = NULL;
+    for (int i = 0; i < n->n_args; i++)
+        if (n->args[i].value == -1 && n->args[i].mem)
+            dnnl_memory_destroy(n->args[i].mem);
+    n->n_args = 0;
+}
+
+/* ---------------------------------------------------------------- references (folding) */
+
+xr_code nn_matmul_ref(const nn_graph *g, const nn_node *n, nn_exec *x, xr_error *err)
+{
+    (void)err;
+    const nn_value *a = IN(0), *b = IN(1), *y = OUTV(0);
+    int64_t K = a->dims[a->rank - 1];
+    int64_t M = a->rank > 1 ? a->dims[a->rank - 2] : 1;
+    int64_t N = b->rank > 1 ? b->dims[b->rank - 1] : 1;
+    int64_t batch = (M && N) ? y->n_elems / (M * N) : 0;
+    /* batch index -> offsets in a and b by broadcasting the leading dims */
+    int yb = y->rank - (a->rank > 1) - (b->rank > 1);
+    int ab = a->rank > 2 ? a->rank - 2 : 0, bb = b->rank > 2 ? b->rank - 2 : 0;
+    const float *pa = nn_ptr(g, x, n->in[0]), *pb = nn_ptr(g, x, n->in[1]);
+    float *py = nn_ptr(g, x, n->out[0]);
+    for (int64_t t = 0; t < batch; t++) {
+        int64_t rem = t, oa = 0, ob = 0, sa = 1, sb = 1;
+        for (int d = yb - 1; d >= 0; d--) {
+            int64_t i = rem % y->dims[d];
+            rem /= y->dims[d];
+            int da = d - (yb - ab), db = d - (yb - bb);
+            if (da >= 0) {
+                oa += (a->dims[da] == 1 ? 0 : i) * sa;
+                sa *= a->dims[da];
+            }
+            if (db >= 0) {
+                ob += (b->dims[db] == 1 ? 0 : i) * sb;
+                sb *= b->dims[db];
+            }
+        }
+        const float *A = pa + oa * M * K, *B = pb + ob * K * N;
+        float *Y = py + t * M * N;
+        for (int64_t i = 0; i < M; i++)
+            for (int64_t j = 0; j < N; j++) {
+                double s = 0;
+                for (int64_t k = 0; k < K; k++)
+                    s += (double)A[i * K + k] * B[k * N + j];
+                Y[i * N + j] = (float)s;
+            }
+    }
+    return XR_OK;
+}
+
+xr_code nn_gemm_ref(const nn_graph *g, const nn_node *n, nn_exec *x, xr_error *err)
+{
+    (void)err;
+    const nn_value *a = IN(0), *y = OUTV(0);
+    bool ta = n->a.i0, tb = n->a.i1;
+    int64_t M = y->dims[0], N = y->dims[1], K = ta ? a->dims[0] : a->dims[1];
+    const float *A = nn_ptr(g, x, n->in[0]), *B = nn_ptr(g, x, n->in[1]);
+    const float *C = HAS(2) ? nn_ptr(g, x, n->in[2]) : NULL;
+    int64_t cd[2] = {1, 1};
+    if (C)
+        for (int i = 0; i < IN(2)->rank; i++)
+            cd[2 - IN(2)->rank + i] = IN(2)->dims[i];
+    float *Y = nn_ptr(g, x, n->out[0]);
+    for (int64_t i = 0; i < M; i++)
+        for (int64_t j = 0; j < N; j++) {
+            double s = 0;
+            for (int64_t k = 0; k < K; k++)
+                s += (double)A[ta ? k * M + i : i * K + k] * B[tb ? j * K + k : k * N + j];
+            s *= n->a.f0;
+            if (C)
+                s += n->a.f1 * C[(cd[0] == 1 ? 0 : i) * cd[1] + (cd[1] == 1 ? 0 : j)];
+            Y[i * N + j] = (float)s;
+        }
+    return XR_OK;
+}
+
+/* ---------------------------------------------------------------- blocked-layout readers */
+
+/* Output value y takes the layout md (blocked or plain). */
+static void set_layout(const nn_node *n, nn_value *y, const dnnl_memory_desc_t *md)
+{
+    y->md = *md;
+    y->blocked = !md_is_plain(n, md, y);
+    if (y->blocked)
+        y->n_bytes = dnnl_memory_desc_get_size(md);
+}
+
+/*
+ * MaxPool (no Indices) and GlobalAveragePool on a blocked input run as oneDNN pooling in that
+ * layout, so a chain of convolutions is not broken by reorders; on plain input the reference
+ * kernel runs (it is the one the conformance cases check).
+ */
+xr_code nn_pool_prepare(nn_graph *g, nn_node *n, xr_error *err)
+{
+    xr_code rc = XR_OK;
+    const nn_value *x = IN(0);
+    bool gap = strcmp(n->op_type, "GlobalAveragePool") == 0;
+    bool mx = strcmp(n->op_type, "MaxPool") == 0;
+    if (!x->blocked || (!gap && !mx) || n->n_out > 1 || x->dtype != NN_DTYPE_FLOAT)
+        return XR_OK;
+    nn_value *y = OUTV(0);
+    dnnl_memory_desc_t dmd;
+    dnnl_dims_t yd, st, k, dl, pl, pr;
+    for (int i = 0; i < y->rank; i++)
+        yd[i] = y->dims[i];
+    for (int i = 0; i < n->a.n_sp; i++) {
+        int64_t ek = (n->a.kernel[i] - 1) * n->a.dil[i] + 1;
+        st[i] = n->a.strides[i];
+        k[i] = n->a.kernel[i];
+        dl[i] = n->a.dil[i] - 1;
+        pl[i] = n->a.pads_l[i];
+        /* oneDNN wants out = (in + pl + pr - ek) / s + 1 exactly (ceil_mode included) */
+        pr[i] = (y->dims[2 + i] - 1) * n->a.strides[i] + ek - x->dims[2 + i] - pl[i];
+    }
+    CK(dnnl_memory_desc_init_by_tag(&dmd, y->rank, yd, dnnl_f32,
+                                    y->is_output ? plain_tag(y->rank) : dnnl_format_tag_any),
+       "dst");
+    dnnl_pooling_v2_desc_t pdsc;
+    CK(dnnl_pooling_v2_forward_desc_init(&pdsc, dnnl_forward_inference,
+                                         mx ? dnnl_pooling_max : dnnl_pooling_avg_exclude_padding,
+                                         &x->md, &dmd, st, k, dl, pl, pr),
+       "pooling desc");
+    dnnl_primitive_attr_t attr = NULL;
+    dnnl_primitive_desc_t pd = NULL;
+    if ((rc = make_attr(n, &attr, err)))
+        return rc;
+    if (dnnl_primitive_desc_create(&pd, &pdsc, attr, g->engine, NULL) != dnnl_success) {
+        dnnl_primitive_attr_destroy(attr);
+        return XR_OK; /* no implementation: the reference kernel after a reorder */
+    }
+    dnnl_primitive_attr_destroy(attr);
+    dmd = *dnnl_primitive_desc_query_md(pd, dnnl_query_dst_md, 0);
+    set_layout(n, y, &dmd);
+    add_arg(n, DNNL_ARG_SRC, n->in[0], &x->md, NULL);
+    add_arg(n, DNNL_ARG_DST, n->out[0], &dmd, NULL);
+    rc = finish_pd(g, n, pd, -1, NULL, err);
+out:
+    return rc;
+}
+
+/* Mul/Add with a blocked operand and a same-shape or per-channel other one (the
+ * squeeze-excitation scale): oneDNN binary in the blocked layout. */
+xr_code nn_binary_prepare(nn_graph *g, nn_node *n, xr_error *err)
+{
+    xr_code rc = XR_OK;
+    bool mul = strcmp(n->op_type, "Mul") == 0, add = strcmp(n->op_type, "Add") == 0;
+    if ((!mul && !add) || n->n_in != 2)
+        return XR_OK;
+    /* a: the full-size operand, b: the one broadcast over it */
+    int a = n->in[0], b = n->in[1];
+    if (g->values[a].n_elems != OUTV(0)->n_elems ||
+        (!g->values[a].blocked && g->values[b].blocked &&
+         g->values[b].n_elems == OUTV(0)->n_elems)) {
+        a = n->in[1];
+        b = n->in[0];
+    }
+    const nn_value *va = &g->values[a], *vb = &g->values[b], *y = OUTV(0);
+    if (!va->blocked || va->dtype != NN_DTYPE_FLOAT || vb->dtype != NN_DTYPE_FLOAT ||
+        va->rank != y->rank || va->n_elems != y->n_elems || vb->rank > y->rank)
+        return XR_OK;
+    dnnl_memory_desc_t bmd;
+    if (vb->blocked) {
+        bmd = vb->md;
+    } else {
+        int64_t bd[NN_MAX_RANK];
+        for (int i = 0; i < y->rank; i++)
+            bd[i] = i < y->rank - vb->rank ? 1 : vb->dims[i - (y->rank - vb->rank)];
+        if ((rc = plain_md(n, &bmd, y->rank, bd, err)))
+            return rc;
+    }
+    dnnl_binary_desc_t bdsc;
+    dnnl_memory_desc_t dmd = y->is_output ? bmd : va->md;
+    if (y->is_output && (rc = plain_md(n, &dmd, y->rank, y->dims, err)))
+        return rc;
+    if (dnnl_binary_desc_init(&bdsc, mul ? dnnl_binary_mul : dnnl_binary_add, &va->md, &bmd,
+                              &dmd) != dnnl_success)
+        return XR_OK;
+    dnnl_primitive_attr_t attr = NULL;
+    dnnl_primitive_desc_t pd = NULL;
+    if ((rc = make_attr(n, &attr, err)))
+        return rc;
+    dnnl_status_t st = dnnl_primitive_desc_create(&pd, &bdsc, attr, g->engine, NULL);
+    dnnl_primitive_attr_destroy(attr);
+    if (st != dnnl_success)
+        return XR_OK;
+    set_layout(n, OUTV(0), &dmd);
+    add_arg(n, DNNL_ARG_SRC_0, a, &va->md, NULL);
+    add_arg(n, DNNL_ARG_SRC_1, b, &bmd, NULL);
+    add_arg(n, DNNL_ARG_DST, n->out[0], &dmd, NULL);
+    return finish_pd(g, n, pd, -1, NULL, err);
+}

@@ -1,0 +1,735 @@
+/*
+ * Model compilation and execution: file reading, the batch-independence check, fusion,
+ * oneDNN primitives, the liveness memory plan, sessions and runs.
+ *
+ * DESIGN (memory plan): steps run in file order. A runtime value's buffer is taken when its
+ * producer runs and given back after its last consumer ran (views such as Reshape extend the
+ * life of the buffer they alias). Graph inputs and outputs are never reused. Buffers come from
+ * one arena per session; a first-fit free list over offsets decides where each goes, so the
+ * arena is sized once at load and a run only moves pointers it already has.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "nn-internal.h"
+
+
+struct nn_model {
+    nn_graph g;
+    dnnl_engine_t engine;
+    dnnl_stream_t stream;
+    uint32_t max_batch;
+    bool dynamic;
+    int *steps;
+    size_t n_steps;
+    size_t arena_bytes, scratch_bytes;
+    size_t n_meta;
+    char **meta_k, **meta_v;
+    size_t n_op_types;
+    char **op_names;
+    size_t *op_counts;
+    nn_model_stats stats;
+    char *producer;
+    nn_tensor_info *in_info, *out_info;
+};
+
+struct nn_session {
+    const nn_model *m;
+    int n_threads;
+    uint8_t *arena;
+    void *scratch;
+    dnnl_stream_t stream;
+    dnnl_memory_t *mems;
+    dnnl_memory_t scratch_mem;
+};
+
+nn_params nn_params_default(void)
+{
+    return (nn_params){.max_batch = 1, .optimize = true};
+}
+
+/* ---------------------------------------------------------------- plan */
+
+typedef struct block {
+    size_t off, size;
+} block;
+
+typedef struct freelist {
+    block *b;
+    size_t n, cap;
+    size_t top;
+} freelist;
+
+static size_t fl_take(freelist *f, size_t size)
+{
+    size = (size + NN_ALIGN - 1) / NN_ALIGN * NN_ALIGN;
+    if (!size)
+        size = NN_ALIGN;
+    size_t best = SIZE_MAX;
+    for (size_t i = 0; i < f->n; i++)
+        if (f->b[i].size >= size && (best == SIZE_MAX || f->b[i].size < f->b[best].size))
+            best = i;
+    if (best != SIZE_MAX) {
+        size_t off = f->b[best].off;
+        f->b[best].off += size;
+        f->b[best].size -= size;
+        if (!f->b[best].size) {
+            memmove(f->b + best, f->b + best + 1, (f->n - best - 1) * sizeof(block));
+            f->n--;
+        }
+        return off;
+    }
+    /* grow: extend a free block touching the top, else the top itself */
+    if (f->n && f->b[f->n - 1].off + f->b[f->n - 1].size == f->top) {
+        size_t off = f->b[f->n - 1].off;
+        f->top = off + size;
+        f->n--;
+        return off;
+    }
+    size_t off = f->top;
+    f->top += size;
+    return off;
+}
+
+static bool fl_give(freelist *f, size_t off, size_t size)
+{
+    size = (size + NN_ALIGN - 1) / NN_ALIGN * NN_ALIGN;
+    if (!size)
+        size = NN_ALIGN;
+    if (f->n == f->cap) {
+        size_t cap = f->cap ? 2 * f->cap : 64;
+        block *b = realloc(f->b, cap * sizeof(block));
+        if (!b)
+            return false;
+        f->b = b;
+        f->cap = cap;
+    }
+    size_t i = 0;
+    while (i < f->n && f->b[i].off < off)
+        i++;
+    memmove(f->b + i + 1, f->b + i, (f->n - i) * sizeof(block));
+    f->b[i] = (block){off, size};
+    f->n++;
+    /* merge with neighbours */
+    if (i + 1 < f->n && f->b[i].off + f->b[i].size == f->b[i + 1].off) {
+        f->b[i].size += f->b[i + 1].size;
+        memmove(f->b + i + 1, f->b + i + 2, (f->n - i - 2) * sizeof(block));
+        f->n--;
+    }
+    if (i > 0 && f->b[i - 1].off + f->b[i - 1].size == f->b[i].off) {
+        f->b[i - 1].size += f->b[i].size;
+        memmove(f->b + i, f->b + i + 1, (f->n - i - 1) * sizeof(block));
+        f->n--;
+    }
+    return true;
+}
+
+static int root_of(const nn_graph *g, int v)
+{
+    while (g->values[v].view_of >= 0)
+        v = g->values[v].view_of;
+    return v;
+}
+
+static xr_code plan(nn_model *m, xr_error *err)
+{
+    nn_graph *g = &m->g;
+    size_t n_live = 0;
+    for (size_t i = 0; i < g->n_nodes; i++)
+        n_live += !g->nodes[i].dead;
+    if (!(m->steps = calloc(n_live + 1, sizeof(int))))
+        return xr_error_set(err, XR_E_NOMEM, "out of memory");
+    for (size_t i = 0; i < g->n_nodes; i++)
+        if (!g->nodes[i].dead)
+            m->steps[m->n_steps++] = (int)i;
+    for (size_t v = 0; v < g->n_values; v++) {
+        g->values[v].last_use = -1;
+        g->values[v].view_of = -1;
+    }
+    /* views: Reshape-like steps alias their input */
+    for (size_t s = 0; s < m->n_steps; s++) {
+        nn_node *n = &g->nodes[m->steps[s]];
+        if (n->op->view && n->in[0] >= 0 && !g->values[n->in[0]].data && !n->prim && !n->n_pre)
+            g->values[n->out[0]].view_of = n->in[0];
+    }
+    for (size_t s = 0; s < m->n_steps; s++) {
+        nn_node *n = &g->nodes[m->steps[s]];
+        for (int k = 0; k <= n->n_in + n->n_pre; k++) {
+            int v = k < n->n_in ? n->in[k] : k == n->n_in ? n->sum_in : n->pre[k - n->n_in - 1].src;
+            if (v < 0 || g->values[v].data)
+                continue;
+            int r = root_of(g, v);
+            g->values[r].last_use = (int)s;
+        }
+        for (int k = 0; k < n->n_out; k++) {
+            int v = n->out[k];
+            if (v < 0 || g->values[v].view_of < 0)
+                continue;
+            /* a view keeps its root alive at least as long as itself: filled below */
+        }
+    }
+    /* propagate view lifetimes to roots (views are created after their roots) */
+    for (size_t v = g->n_values; v-- > 0;) {
+        nn_value *val = &g->values[v];
+        if (val->view_of >= 0 && val->last_use >= 0) {
+            int r = root_of(g, (int)v);
+            if (g->values[r].last_use < val->last_use)
+                g->values[r].last_use = val->last_use;
+        }
+    }
+    for (size_t i = 0; i < g->n_outputs; i++)
+        g->values[root_of(g, g->outputs[i])].last_use = INT32_MAX;
+    freelist f = {0};
+    for (size_t i = 0; i < g->n_inputs; i++) {
+        nn_value *v = &g->values[g->inputs[i]];
+        v->offset = fl_take(&f, v->n_bytes);
+        v->last_use = INT32_MAX;
+    }
+    xr_code rc = XR_OK;
+    for (size_t s = 0; s < m->n_steps && !rc; s++) {
+        nn_node *n = &g->nodes[m->steps[s]];
+        for (int k = 0; k < n->n_out + n->n_pre; k++) {
+            int v = k < n->n_pre ? n->pre[k].dst : n->out[k - n->n_pre];
+            if (v < 0 || g->values[v].view_of >= 0)
+                continue;
+            g->values[v].offset = fl_take(&f, g->values[v].n_bytes);
+            if (g->values[v].last_use < 0 && !fl_give(&f, g->values[v].offset, g->values[v].n_bytes))
+                rc = xr_error_set(err, XR_E_NOMEM, "out of memory");
+        }
+        for (int k = 0; k <= n->n_in + n->n_pre && !rc; k++) {
+            int v = k < n->n_in ? n->in[k] : k == n->n_in ? n->sum_in : n->pre[k - n->n_in - 1].src;
+            if (v < 0 || g->values[v].data)
+                continue;
+            int r = root_of(g, v);
+            if (g->values[r].last_use == (int)s) {
+                g->values[r].last_use = -2; /* given back once */
+                if (!fl_give(&f, g->values[r].offset, g->values[r].n_bytes))
+                    rc = xr_error_set(err, XR_E_NOMEM, "out of memory");
+            }
+        }
+    }
+    m->arena_bytes = f.top;
+    free(f.b);
+    for (size_t s = 0; s < m->n_steps; s++) {
+        nn_node *n = &g->nodes[m->steps[s]];
+        if (n->scratch_bytes > m->scratch_bytes)
+            m->scratch_bytes = n->scratch_bytes;
+    }
+    return rc;
+}
+
+/* ---------------------------------------------------------------- load */
+
+static xr_code read_file(const char *path, uint8_t **ret, size_t *ret_n, xr_error *err)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return xr_error_errno(err, errno, "cannot open \"%s\"", path);
+    struct stat st;
+    xr_code rc = XR_OK;
+    uint8_t *buf = NULL;
+    if (fstat(fd, &st) < 0) {
+        rc = xr_error_errno(err, errno, "cannot stat \"%s\"", path);
+        goto out;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        rc = xr_error_set(err, XR_E_INPUT, "\"%s\" is not a regular file", path);
+        goto out;
+    }
+    if ((uint64_t)st.st_size > NN_MODEL_MAX_BYTES) {
+        rc = xr_error_set(err, XR_E_LIMIT, "\"%s\" has %lld bytes, at most %lld allowed "
+                          "(larger weights go to external data)",
+                          path, (long long)st.st_size, (long long)NN_MODEL_MAX_BYTES);
+        goto out;
+    }
+    size_t n = (size_t)st.st_size, done = 0;
+    if (!(buf = malloc(n ? n : 1))) {
+        rc = xr_error_set(err, XR_E_NOMEM, "out of memory reading \"%s\"", path);
+        goto out;
+    }
+    while (done < n) {
+        ssize_t r = read(fd, buf + done, n - done);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0) {
+            rc = r < 0 ? xr_error_errno(err, errno, "reading \"%s\"", path)
+                       : xr_error_set(err, XR_E_IO, "\"%s\" shrank while reading", path);
+            goto out;
+        }
+        done += (size_t)r;
+    }
+    *ret = buf;
+    *ret_n = n;
+    buf = NULL;
+out:
+    free(buf);
+    close(fd);
+    return rc;
+}
+
+static char *dup_or_empty(const char *s) { return strdup(s ? s : ""); }
+
+static xr_code collect_info(nn_model *m, const Onnx__ModelProto *mp, xr_error *err)
+{
+    const Onnx__GraphProto *gp = mp->graph;
+    m->n_meta = mp->n_metadata_props;
+    m->meta_k = calloc(m->n_meta + 1, sizeof(char *));
+    m->meta_v = calloc(m->n_meta + 1, sizeof(char *));
+    if (!m->meta_k || !m->meta_v)
+        return xr_error_set(err, XR_E_NOMEM, "out of memory");
+    for (size_t i = 0; i < m->n_meta; i++) {
+        m->meta_k[i] = dup_or_empty(mp->metadata_props[i]->key);
+        m->meta_v[i] = dup_or_empty(mp->metadata_props[i]->value);
+        if (!m->meta_k[i] || !m->meta_v[i])
+            return xr_error_set(err, XR_E_NOMEM, "out of memory");
+    }
+    /* op types, sorted, counted */
+    m->op_names = calloc(gp->n_node + 1, sizeof(char *));
+    m->op_counts = calloc(gp->n_node + 1, sizeof(size_t));
+    if (!m->op_names || !m->op_counts)
+        return xr_error_set(err, XR_E_NOMEM, "out of memory");
+    for (size_t i = 0; i < gp->n_node; i++) {
+        const char *op = gp->node[i]->op_type ? gp->node[i]->op_type : "";
+        size_t j = 0;
+        while (j < m->n_op_types && strcmp(m->op_names[j], op) < 0)
+            j++;
+        if (j < m->n_op_types && strcmp(m->op_names[j], op) == 0) {
+            m->op_counts[j]++;
+            continue;
+        }
+        memmove(m->op_names + j + 1, m->op_names + j, (m->n_op_types - j) * sizeof(char *));
+        memmove(m->op_counts + j + 1, m->op_counts + j, (m->n_op_types - j) * sizeof(size_t));
+        if (!(m->op_names[j] = strdup(op)))
+            return xr_error_set(err, XR_E_NOMEM, "out of memory");
+        m->op_counts[j] = 1;
+        m->n_op_types++;
+    }
+    char prod[256];
+    snprintf(prod, sizeof(prod), "%s%s%s", mp->producer_name ? mp->producer_name : "",
+             mp->producer_version && mp->producer_version[0] ? " " : "",
+             mp->producer_version ? mp->producer_version : "");
+    if (!(m->producer = strdup(prod)))
+        return xr_error_set(err, XR_E_NOMEM, "out of memory");
+    m->stats.producer = m->producer;
+    m->stats.opset = m->g.opset;
+    m->stats.n_nodes_file = gp->n_node;
+    for (size_t i = 0; i < m->g.n_values; i++)
+        if (m->g.values[i].is_initializer)
+            m->stats.n_parameters += (uint64_t)m->g.values[i].n_elems;
+    m->in_info = calloc(m->g.n_inputs + 1, sizeof(nn_tensor_info));
+    m->out_info = calloc(m->g.n_outputs + 1, sizeof(nn_tensor_info));
+    if (!m->in_info || !m->out_info)
+        return xr_error_set(err, XR_E_NOMEM, "out of memory");
+    for (int io = 0; io < 2; io++) {
+        size_t cnt = io ? m->g.n_outputs : m->g.n_inputs;
+        for (size_t i = 0; i < cnt; i++) {
+            const nn_value *v = &m->g.values[io ? m->g.outputs[i] : m->g.inputs[i]];
+            nn_tensor_info *t = io ? &m->out_info[i] : &m->in_info[i];
+            t->name = v->name;
+            t->dtype = v->dtype;
+            t->rank = v->rank;
+            memcpy(t->dims, v->dims, sizeof(t->dims));
+            t->batch_dynamic = m->dynamic;
+            t->sample_bytes = v->n_bytes;
+        }
+    }
+    return XR_OK;
+}
+
+/*
+ * Running a batch-dynamic model one sample at a time is exact when no step mixes samples.
+ * Check, comparing the graph inferred at batch 1 and at batch 2: every runtime tensor has
+ * exactly one axis that doubles (the sample axis; exporters move it, e.g. PyTorch's attention
+ * works sequence-first), inputs and outputs have it at 0, and no step reduces, concatenates,
+ * slices or contracts along it.
+ */
+static int batch_axis(const nn_value *a, const nn_value *b)
+{
+    int ax = -1;
+    if (a->rank != b->rank)
+        return -2;
+    for (int d = 0; d < a->rank; d++) {
+        if (a->dims[d] == b->dims[d])
+            continue;
+        if (ax >= 0 || b->dims[d] != 2 * a->dims[d])
+            return -2;
+        ax = d;
+    }
+    return ax;
+}
+
+static xr_code check_batch(const nn_graph *g1, const nn_graph *g2, xr_error *err)
+{
+    if (g1->n_values != g2->n_values)
+        return xr_error_set(err, XR_E_INTERNAL, "graph differs between batch sizes");
+    int *bax = calloc(g1->n_values + 1, sizeof(int));
+    if (!bax)
+        return xr_error_set(err, XR_E_NOMEM, "out of memory");
+    xr_code rc = XR_OK;
+    for (size_t i = 0; i < g1->n_values && !rc; i++) {
+        const nn_value *a = &g1->values[i], *b = &g2->values[i];
+        bax[i] = -1;
+        if (a->data || !a->known || b->data)
+            continue;
+        bax[i] = batch_axis(a, b);
+        if (bax[i] < 0 || ((a->is_input || a->is_output) && bax[i] != 0))
+            rc = xr_error_set(err, XR_E_UNSUPPORTED,
+                              "tensor \"%s\" does not scale with the batch on one axis%s, so "
+                              "samples cannot run one at a time (use max_batch 1)",
+                              a->name, a->is_input || a->is_output ? " (0)" : "");
+    }
+    for (size_t i = 0; i < g1->n_nodes && !rc; i++) {
+        const nn_node *n = &g1->nodes[i];
+        if (n->dead || n->in[0] < 0)
+            continue;
+        int ax = bax[n->in[0]];
+        if (ax < 0)
+            continue;
+        const char *op = n->op_type;
+        bool mix = false;
+        if (!strcmp(op, "Softmax") || !strcmp(op, "LogSoftmax"))
+            mix = ax == n->a.axis || (n->a.i1 && ax > n->a.axis);
+        else if (!strcmp(op, "LayerNormalization"))
+            mix = ax >= n->a.axis;
+        else if (!strcmp(op, "ReduceMean") || !strcmp(op, "ReduceSum"))
+            mix = n->a.i1 == 0 && n->a.axes[ax];
+        else if (!strcmp(op, "Concat") || !strcmp(op, "Split") || !strcmp(op, "Gather"))
+            mix = ax == n->a.axis;
+        else if (!strcmp(op, "Slice"))
+            mix = n->a.starts[ax] != 0 || n->a.steps[ax] != 1 ||
+                  g1->values[n->out[0]].dims[ax] != g1->values[n->in[0]].dims[ax];
+        else if (!strcmp(op, "MatMul"))
+            mix = ax == g1->values[n->in[0]].rank - 1 ||
+                  (bax[n->in[1]] >= 0 && bax[n->in[1]] == g1->values[n->in[1]].rank - 2);
+        else if (!strcmp(op, "Gemm") || !strcmp(op, "Conv") || strstr(op, "Pool") ||
+                 !strcmp(op, "BatchNormalization") || !strcmp(op, "Flatten"))
+            mix = ax != 0 || (n->n_in > 1 && n->in[1] >= 0 && bax[n->in[1]] >= 0);
+        if (mix)
+            rc = xr_error_set(err, XR_E_UNSUPPORTED,
+                              "node \"%s\" (%s) combines samples along axis %d, so samples "
+                              "cannot run one at a time (use max_batch 1)",
+                              n->name, op, ax);
+    }
+    free(bax);
+    return rc;
+}
+
+static xr_code compile(nn_model *m, const Onnx__ModelProto *mp, const char *base_dir,
+                       const nn_params *p, xr_error *err)
+{
+    xr_code rc;
+    bool dyn = false;
+    if ((rc = nn_graph_build(mp, base_dir, 1, p, &m->g, &dyn, err)))
+        return rc;
+    m->dynamic = dyn;
+    m->max_batch = dyn ? p->max_batch : 1;
+    if (dyn && p->max_batch > 1) {
+        nn_graph g2;
+        bool d2;
+        if ((rc = nn_graph_build(mp, base_dir, 2, p, &g2, &d2, err)))
+            return rc;
+        rc = check_batch(&m->g, &g2, err);
+        nn_graph_done(&g2);
+        if (rc)
+            return rc;
+    }
+    if ((rc = collect_info(m, mp, err)))
+        return rc;
+    m->g.engine = m->engine;
+    m->g.stream = m->stream;
+    if (p->optimize)
+        m->stats.n_fused = nn_graph_optimize(&m->g);
+    for (size_t i = 0; i < m->g.n_nodes; i++) {
+        nn_node *n = &m->g.nodes[i];
+        if (n->dead || !n->op->prepare)
+            continue;
+        if ((rc = n->op->prepare(&m->g, n, err)))
+            return rc;
+    }
+    if ((rc = nn_layout_fixup(&m->g, err)) || (rc = plan(m, err)))
+        return rc;
+    m->stats.n_steps = m->n_steps;
+    m->stats.arena_bytes = m->arena_bytes;
+    return XR_OK;
+}
+
+xr_code nn_model_load_buffer(const void *buf, size_t n_bytes, const char *base_dir,
+                             const nn_params *params, nn_model **ret_model, xr_error *err)
+{
+    nn_params p = params ? *params : nn_params_default();
+    if (!buf || !ret_model)
+        return xr_error_set(err, XR_E_INTERNAL, "nn_model_load_buffer: NULL argument");
+    if (p.max_batch < 1 || p.max_batch > NN_MAX_BATCH)
+        return xr_error_set(err, XR_E_LIMIT, "max_batch %u is outside [1, %d]", p.max_batch,
+                            NN_MAX_BATCH);
+    if (n_bytes > NN_MODEL_MAX_BYTES)
+        return xr_error_set(err, XR_E_LIMIT, "model of %zu bytes, at most %lld allowed", n_bytes,
+                            (long long)NN_MODEL_MAX_BYTES);
+    if (n_bytes == 0)
+        return xr_error_set(err, XR_E_INPUT, "the model file is empty");
+    Onnx__ModelProto *mp = onnx__model_proto__unpack(NULL, n_bytes, buf);
+    if (!mp)
+        return xr_error_set(err, XR_E_INPUT,
+                            "not a valid ONNX model: the protobuf is truncated or corrupt");
+    xr_code rc = XR_OK;
+    nn_model *m = calloc(1, sizeof(*m));
+    if (!m) {
+        rc = xr_error_set(err, XR_E_NOMEM, "out of memory");
+        goto out;
+    }
+    if ((rc = nn_dnnl_check(dnnl_engine_create(&m->engine, dnnl_cpu, 0), NULL, "engine", err)) ||
+        (rc = nn_dnnl_check(dnnl_stream_create(&m->stream, m->engine, dnnl_stream_default_flags),
+                            NULL, "stream", err)))
+        goto out;
+    if ((rc = compile(m, mp, base_dir, &p, err)))
+        goto out;
+    *ret_model = m;
+    m = NULL;
+out:
+    onnx__model_proto__free_unpacked(mp, NULL);
+    nn_model_free(m);
+    return rc;
+}
+
+xr_code nn_model_load(const char *path, const nn_params *params, nn_model **ret_model,
+                      xr_error *err)
+{
+    uint8_t *buf = NULL;
+    size_t n = 0;
+    if (!path)
+        return xr_error_set(err, XR_E_INTERNAL, "nn_model_load: NULL path");
+    xr_code rc = read_file(path, &buf, &n, err);
+    if (rc)
+        return rc;
+    char *dir = strdup(path);
+    if (!dir) {
+        free(buf);
+        return xr_error_set(err, XR_E_NOMEM, "out of memory");
+    }
+    char *slash = strrchr(dir, '/');
+    if (slash)
+        slash == dir ? (void)(dir[1] = '\0') : (void)(*slash = '\0');
+    rc = nn_model_load_buffer(buf, n, slash ? dir : ".", params, ret_model, err);
+    free(buf);
+    free(dir);
+    if (rc)
+        xr_error_prefix(err, "loading \"%s\": ", path);
+    return rc;
+}
+
+nn_model *nn_model_free(nn_model *m)
+{
+    if (!m)
+        return NULL;
+    nn_graph_done(&m->g);
+    for (size_t i = 0; i < m->n_meta; i++) {
+        free(m->meta_k[i]);
+        free(m->meta_v[i]);
+    }
+    free(m->meta_k);
+    free(m->meta_v);
+    for (size_t i = 0; i < m->n_op_types; i++)
+        free(m->op_names[i]);
+    free(m->op_names);
+    free(m->op_counts);
+    free(m->producer);
+    free(m->in_info);
+    free(m->out_info);
+    free(m->steps);
+    if (m->stream)
+        dnnl_stream_destroy(m->stream);
+    if (m->engine)
+        dnnl_engine_destroy(m->engine);
+    free(m);
+    return NULL;
+}
+
+size_t nn_model_n_inputs(const nn_model *m) { return m->g.n_inputs; }
+size_t nn_model_n_outputs(const nn_model *m) { return m->g.n_outputs; }
+uint32_t nn_model_max_batch(const nn_model *m) { return m->max_batch; }
+
+bool nn_model_input(const nn_model *m, size_t i, nn_tensor_info *ret)
+{
+    if (i >= m->g.n_inputs)
+        return false;
+    *ret = m->in_info[i];
+    return true;
+}
+
+bool nn_model_output(const nn_model *m, size_t i, nn_tensor_info *ret)
+{
+    if (i >= m->g.n_outputs)
+        return false;
+    *ret = m->out_info[i];
+    return true;
+}
+
+size_t nn_model_n_metadata(const nn_model *m) { return m->n_meta; }
+
+bool nn_model_metadata(const nn_model *m, size_t i, const char **ret_key, const char **ret_value)
+{
+    if (i >= m->n_meta)
+        return false;
+    *ret_key = m->meta_k[i];
+    *ret_value = m->meta_v[i];
+    return true;
+}
+
+const char *nn_model_metadata_get(const nn_model *m, const char *key)
+{
+    for (size_t i = 0; i < m->n_meta; i++)
+        if (strcmp(m->meta_k[i], key) == 0)
+            return m->meta_v[i];
+    return NULL;
+}
+
+void nn_model_stats_get(const nn_model *m, nn_model_stats *ret) { *ret = m->stats; }
+size_t nn_model_n_op_types(const nn_model *m) { return m->n_op_types; }
+
+bool nn_model_op_type(const nn_model *m, size_t i, const char **ret_name, size_t *ret_count)
+{
+    if (i >= m->n_op_types)
+        return false;
+    *ret_name = m->op_names[i];
+    *ret_count = m->op_counts[i];
+    return true;
+}
+
+/* ---------------------------------------------------------------- sessions */
+
+xr_code nn_session_new(const nn_model *m, int n_threads, nn_session **ret_session, xr_error *err)
+{
+    if (!m || !ret_session)
+        return xr_error_set(err, XR_E_INTERNAL, "nn_session_new: NULL argument");
+    if (n_threads < 1 || n_threads > 1024)
+        return xr_error_set(err, XR_E_CONFIG, "thread count %d is outside [1, 1024]", n_threads);
+    xr_code rc = XR_OK;
+    nn_session *s = calloc(1, sizeof(*s));
+    if (!s)
+        return xr_error_set(err, XR_E_NOMEM, "out of memory");
+    s->m = m;
+    s->n_threads = n_threads;
+    s->arena = nn_aligned_alloc(m->arena_bytes);
+    s->scratch = m->scratch_bytes ? nn_aligned_alloc(m->scratch_bytes) : NULL;
+    s->mems = calloc(m->n_steps * NN_STEP_MEMS + 1, sizeof(dnnl_memory_t));
+    if (!s->arena || (m->scratch_bytes && !s->scratch) || !s->mems) {
+        rc = xr_error_set(err, XR_E_NOMEM, "out of memory for a session of %zu bytes",
+                          m->arena_bytes + m->scratch_bytes);
+        goto out;
+    }
+    if ((rc = nn_dnnl_check(dnnl_stream_create(&s->stream, m->engine, dnnl_stream_default_flags),
+                            NULL, "stream", err)))
+        goto out;
+    nn_exec x = {.arena = s->arena};
+    for (size_t st = 0; st < m->n_steps; st++) {
+        const nn_node *n = &m->g.nodes[m->steps[st]];
+        for (int i = 0; i < n->n_args; i++) {
+            const nn_dnnl_arg *a = &n->args[i];
+            dnnl_memory_t *mem = &s->mems[st * NN_STEP_MEMS + i];
+            if (a->value == -1) {
+                *mem = a->mem; /* model-owned, shared read-only */
+                continue;
+            }
+            void *ptr = a->value == -2 ? s->scratch : nn_ptr(&m->g, &x, a->value);
+            if ((rc = nn_dnnl_check(dnnl_memory_create(mem, &a->md, m->engine, ptr), n,
+                                    "memory", err)))
+                goto out;
+        }
+        for (int i = 0; i < n->n_pre; i++) {
+            dnnl_memory_t *mem = &s->mems[st * NN_STEP_MEMS + NN_MAX_DNNL_ARGS + 2 * i];
+            if ((rc = nn_dnnl_check(dnnl_memory_create(&mem[0], &n->pre[i].smd, m->engine,
+                                                       nn_ptr(&m->g, &x, n->pre[i].src)),
+                                    n, "memory", err)) ||
+                (rc = nn_dnnl_check(dnnl_memory_create(&mem[1], &n->pre[i].dmd, m->engine,
+                                                       nn_ptr(&m->g, &x, n->pre[i].dst)),
+                                    n, "memory", err)))
+                goto out;
+        }
+    }
+    *ret_session = s;
+    s = NULL;
+out:
+    nn_session_free(s);
+    return rc;
+}
+
+nn_session *nn_session_free(nn_session *s)
+{
+    if (!s)
+        return NULL;
+    if (s->mems) {
+        for (size_t st = 0; st < s->m->n_steps; st++) {
+            const nn_node *n = &s->m->g.nodes[s->m->steps[st]];
+            for (int i = 0; i < n->n_args; i++) {
+                dnnl_memory_t mem = s->mems[st * NN_STEP_MEMS + i];
+                if (mem && n->args[i].value != -1)
+                    dnnl_memory_destroy(mem);
+            }
+            for (int i = 0; i < 2 * n->n_pre; i++) {
+                dnnl_memory_t mem = s->mems[st * NN_STEP_MEMS + NN_MAX_DNNL_ARGS + i];
+                if (mem)
+                    dnnl_memory_destroy(mem);
+            }
+        }
+    }
+    free(s->mems);
+    if (s->stream)
+        dnnl_stream_destroy(s->stream);
+    free(s->arena);
+    free(s->scratch);
+    free(s);
+    return NULL;
+}
+
+xr_code nn_session_run(nn_session *s, uint32_t n_batch, const void *const *inputs,
+                       void *const *outputs, xr_error *err)
+{
+    if (!s || !inputs || !outputs)
+        return xr_error_set(err, XR_E_INPUT, "nn_session_run: NULL argument");
+    const nn_model *m = s->m;
+    const nn_graph *g = &m->g;
+    if (n_batch < 1 || n_batch > m->max_batch)
+        return xr_error_set(err, XR_E_INPUT, "batch of %u is outside [1, %u]", n_batch,
+                            m->max_batch);
+    for (size_t i = 0; i < g->n_inputs; i++)
+        if (!inputs[i])
+            return xr_error_set(err, XR_E_INPUT, "input %zu is NULL", i);
+    for (size_t i = 0; i < g->n_outputs; i++)
+        if (!outputs[i])
+            return xr_error_set(err, XR_E_INPUT, "output %zu is NULL", i);
+    omp_set_num_threads(s->n_threads);
+    nn_exec x = {.arena = s->arena, .stream = s->stream, .mems = s->mems, .scratch = s->scratch};
+    for (uint32_t b = 0; b < n_batch; b++) {
+        for (size_t i = 0; i < g->n_inputs; i++) {
+            const nn_value *v = &g->values[g->inputs[i]];
+            memcpy(s->arena + v->offset, (const uint8_t *)inputs[i] + b * v->n_bytes, v->n_bytes);
+        }
+        for (size_t st = 0; st < m->n_steps; st++) {
+            const nn_node *n = &g->nodes[m->steps[st]];
+            xr_code rc;
+            x.step = st;
+            if (n->n_pre && (rc = nn_pre_run(g, n, &x, err)))
+                return rc;
+            if (n->prim)
+                rc = nn_dnnl_run(g, n, &x, err);
+            else if (n->op->view && g->values[n->out[0]].view_of >= 0)
+                rc = XR_OK;
+            else
+                rc = n->op->run(g, n, &x, err);
+            if (rc)
+                return rc;
+        }
+        for (size_t i = 0; i < g->n_outputs; i++) {
+            const nn_value *v = &g->values[g->outputs[i]];
+            memcpy((uint8_t *)outputs[i] + b * v->n_bytes, nn_ptr(g, &x, g->outputs[i]),
+                   v->n_bytes);
+        }
+    }
+    return XR_OK;
+}

@@ -1,0 +1,222 @@
+/*
+ * nn/ internals: the graph (values + nodes) built from an ONNX ModelProto, the op table, and the
+ * compiled model/session. Not a public header: tests and the conformance runner may include it.
+ *
+ * DESIGN
+ * Load = parse (protobuf-c, bounded) -> values for initializers and inputs -> nodes in file
+ * order, each validated and shape-inferred; a node whose inputs are all constant is run at once
+ * by its reference kernel and becomes a constant (this folds the Shape/Gather/Unsqueeze/Concat
+ * chains exporters emit) -> dead nodes dropped -> rewrites (nn-opt.c) -> oneDNN primitives for
+ * the remaining steps, weights reordered once -> memory plan by liveness (nn-exec.c).
+ * A batch-dynamic model is compiled for one sample and run once per sample; the loader checks
+ * that shapes at batch 2 are those at batch 1 with dimension 0 doubled, so samples never mix.
+ */
+#pragma once
+
+#include <dnnl.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "nn.h"
+#include "onnx.pb-c.h"
+#include "xr-error.h"
+
+/* Default-domain opsets accepted. 17 is what Debian's onnx 1.12 knows; legacy forms of the
+ * claimed ops that differ in meaning (broadcast with axis, spatial 0) are refused by name. */
+#define NN_OPSET_MIN 1
+#define NN_OPSET_MAX 17
+/* A model file: protobuf's own 2 GiB ceiling. */
+#define NN_MODEL_MAX_BYTES (INT32_MAX)
+/* One tensor (initializer, constant or activation): 2^31 elements, 8 GiB of float. */
+#define NN_TENSOR_MAX_ELEMS (INT64_C(1) << 31)
+/* Graph size: far above any classifier (ViT-B/16 unfolded has ~2,000 nodes). */
+#define NN_MAX_NODES 100000
+#define NN_MAX_VALUES 400000
+/* Variadic inputs (Concat, Sum) and outputs (Split). */
+#define NN_MAX_NODE_IO 1024
+/* Largest batch a caller may ask to plan for. */
+#define NN_MAX_BATCH 1024
+#define NN_ALIGN 64
+
+typedef struct nn_graph nn_graph;
+typedef struct nn_node nn_node;
+typedef struct nn_exec nn_exec;
+
+typedef struct nn_value {
+    char *name;
+    nn_dtype dtype;
+    int rank;
+    int64_t dims[NN_MAX_RANK];
+    int64_t n_elems;
+    size_t n_bytes;
+    void *data;      /* constants: owned, NN_ALIGN-aligned; NULL for runtime values */
+    bool known;      /* shape and type inferred */
+    bool is_input, is_output, is_initializer;
+    int producer;    /* node index or -1 */
+    int n_uses;      /* runtime consumers */
+    int view_of;     /* runtime: shares the buffer of this value (-1: own buffer) */
+    int last_use;    /* plan: last step reading it (through views) */
+    bool blocked;    /* held in oneDNN's layout md (only oneDNN steps and reorders read it) */
+    dnnl_memory_desc_t md;
+    size_t offset;   /* plan: arena offset of its buffer */
+} nn_value;
+
+/* Fused post-operations, applied in order to a Conv/MatMul/Gemm result. */
+typedef enum nn_post_kind { NN_POST_ELTWISE, NN_POST_SUM } nn_post_kind;
+typedef struct nn_post {
+    nn_post_kind kind;
+    dnnl_alg_kind_t alg;
+    float alpha, beta;
+} nn_post;
+
+/* Attributes parsed at inference time; one flat struct keeps the op code short. */
+typedef struct nn_attrs {
+    int64_t axis;
+    int64_t i0, i1, i2;
+    float f0, f1, f2;
+    int n_sp;                        /* spatial dims of Conv/pools */
+    int64_t kernel[3], strides[3], pads_l[3], pads_r[3], dil[3];
+    int64_t group;
+    int n_axes;
+    int64_t axes[NN_MAX_RANK];       /* Transpose perm, reduce axes, Slice per-axis ... */
+    int64_t starts[NN_MAX_RANK], ends[NN_MAX_RANK], steps[NN_MAX_RANK];
+    int64_t *split;                  /* Split sizes, n_out entries; owned */
+} nn_attrs;
+
+/* A oneDNN argument bound at session creation: value >= 0 points into the arena (or at a
+ * constant), value == -1 is the model-owned memory in mem (reordered weights, bias). */
+typedef struct nn_dnnl_arg {
+    int arg;
+    int value;
+    dnnl_memory_desc_t md;
+    dnnl_memory_t mem;
+} nn_dnnl_arg;
+
+#define NN_MAX_DNNL_ARGS 8
+#define NN_MAX_POST 4
+#define NN_MAX_PRE 4
+/* Memory objects a session keeps per step: the primitive's arguments, then the pre-reorders'
+ * (from, to) pairs. */
+#define NN_STEP_MEMS (NN_MAX_DNNL_ARGS + 2 * NN_MAX_PRE)
+
+/* A layout change run just before a step: value src (as laid out) into value dst (new). */
+typedef struct nn_pre {
+    int src, dst;
+    dnnl_primitive_t prim;
+    dnnl_memory_desc_t smd, dmd;
+} nn_pre;
+
+struct nn_node {
+    const struct nn_op *op;
+    char *name;
+    char *op_type;
+    const Onnx__NodeProto *proto; /* valid during load only */
+    int n_in, n_out;
+    int *in, *out;                /* value indices; -1 = omitted optional */
+    bool dead;
+    nn_attrs a;
+    int n_post;
+    nn_post post[NN_MAX_POST];
+    int sum_in;                   /* value accumulated by a NN_POST_SUM, else -1 */
+    /* oneDNN step */
+    dnnl_primitive_t prim;
+    int n_args;
+    nn_dnnl_arg args[NN_MAX_DNNL_ARGS];
+    size_t scratch_bytes;
+    int n_pre;
+    nn_pre pre[NN_MAX_PRE];
+    int bias_in;                  /* MatMul: constant bias vector fused from an Add, else -1 */
+    bool post_add_c;              /* Gemm: beta*C added after the primitive (runtime C) */
+};
+
+typedef struct nn_op {
+    const char *name;
+    int min_in, max_in, min_out, max_out;
+    /* Check attributes and input types, set output dtype/shape; may read constant inputs. */
+    xr_code (*infer)(nn_graph *g, nn_node *n, xr_error *err);
+    /* Reference kernel, used for constant folding and for steps without a oneDNN primitive.
+     * NULL: the op runs only through prepare (oneDNN). */
+    xr_code (*run)(const nn_graph *g, const nn_node *n, nn_exec *x, xr_error *err);
+    /* Optional: build oneDNN primitives (after fusion); NULL = run the reference kernel. */
+    xr_code (*prepare)(nn_graph *g, nn_node *n, xr_error *err);
+    /* Output 0 is input 0's bytes under another shape (Reshape family): a view at run time. */
+    bool view;
+} nn_op;
+
+struct nn_graph {
+    nn_value *values;
+    size_t n_values, cap_values;
+    nn_node *nodes;
+    size_t n_nodes;
+    int *inputs, *outputs;
+    size_t n_inputs, n_outputs;
+    int64_t opset;
+    int64_t batch;              /* batch the shapes were inferred for */
+    dnnl_engine_t engine;       /* borrowed from the model */
+    dnnl_stream_t stream;       /* load-time stream for weight reorders */
+};
+
+/* Execution context handed to kernels. */
+struct nn_exec {
+    uint8_t *arena;             /* NULL while folding constants */
+    dnnl_stream_t stream;
+    dnnl_memory_t *mems;        /* session: per step, NN_MAX_DNNL_ARGS memory objects */
+    dnnl_memory_t scratch_mem;
+    void *scratch;
+    size_t step;
+};
+
+/* Data of value v in this context. */
+static inline void *nn_ptr(const nn_graph *g, nn_exec *x, int v)
+{
+    const nn_value *val = &g->values[v];
+    while (!val->data && val->view_of >= 0)
+        val = &g->values[val->view_of];
+    if (val->data)
+        return val->data;
+    return x->arena + val->offset;
+}
+
+/* nn-ops.c */
+const nn_op *nn_op_find(const char *name);
+size_t nn_elem_size(nn_dtype t);
+/* Attribute lookup on the node's proto; NULL when absent. */
+const Onnx__AttributeProto *nn_attr(const nn_node *n, const char *name);
+int64_t nn_attr_int(const nn_node *n, const char *name, int64_t dflt);
+float nn_attr_float(const nn_node *n, const char *name, float dflt);
+/* Set shape of value v (computes n_elems/n_bytes, checks limits). */
+xr_code nn_value_set(nn_graph *g, int v, nn_dtype dt, int rank, const int64_t *dims,
+                     xr_error *err);
+xr_code nn_value_shape(nn_value *val, nn_dtype dt, int rank, const int64_t *dims, xr_error *err);
+/* Read a constant integer tensor (int32/int64) into out[max]; returns count or -1. */
+int nn_const_ints(const nn_graph *g, int v, int64_t *out, int max);
+void *nn_aligned_alloc(size_t n_bytes);
+/* Convert a TensorProto (already validated) to a constant value's data; base_dir for external
+ * data (NULL refuses it). */
+xr_code nn_tensor_load(const Onnx__TensorProto *t, const char *base_dir, nn_value *v,
+                       const char *what, xr_error *err);
+
+/* nn-graph.c: build g from mp for a batch (used where axis 0 of an input is symbolic);
+ * *ret_dynamic tells whether one was. nn_graph_done frees everything g owns. */
+xr_code nn_graph_build(const Onnx__ModelProto *mp, const char *base_dir, int64_t batch,
+                       const nn_params *p, nn_graph *g, bool *ret_dynamic, xr_error *err);
+void nn_graph_done(nn_graph *g);
+
+/* nn-dnnl.c */
+xr_code nn_dnnl_check(dnnl_status_t st, const nn_node *n, const char *what, xr_error *err);
+xr_code nn_conv_prepare(nn_graph *g, nn_node *n, xr_error *err);
+xr_code nn_matmul_prepare(nn_graph *g, nn_node *n, xr_error *err);
+xr_code nn_pool_prepare(nn_graph *g, nn_node *n, xr_error *err);
+xr_code nn_binary_prepare(nn_graph *g, nn_node *n, xr_error *err);
+xr_code nn_dnnl_run(const nn_graph *g, const nn_node *n, nn_exec *x, xr_error *err);
+xr_code nn_matmul_ref(const nn_graph *g, const nn_node *n, nn_exec *x, xr_error *err);
+xr_code nn_gemm_ref(const nn_graph *g, const nn_node *n, nn_exec *x, xr_error *err);
+void nn_node_dnnl_free(nn_node *n);
+/* After every prepare: readers that need plain row-major data get reorders of blocked inputs. */
+xr_code nn_layout_fixup(nn_graph *g, xr_error *err);
+/* Run n's layout reorders (session memory objects after its argument slots). */
+xr_code nn_pre_run(const nn_graph *g, const nn_node *n, nn_exec *x, xr_error *err);
+
+/* nn-opt.c: fusions; returns the number of nodes absorbed. */
+size_t nn_graph_optimize(nn_graph *g);

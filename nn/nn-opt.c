@@ -1,0 +1,304 @@
+/*
+ * Graph rewrites on the folded graph, before oneDNN primitives are made:
+ * - BatchNormalization after a Conv with constant weights: folded into the weights and bias;
+ * - MatMul followed by Add of a constant vector: the matmul's bias;
+ * - activations after Conv/MatMul/Gemm become oneDNN post-ops: Relu, LeakyRelu, Clip,
+ *   Sigmoid, Tanh, HardSigmoid, HardSwish, SiLU (x * Sigmoid(x)), GELU in the Erf form
+ *   (x * 0.5 * (1 + Erf(x / sqrt 2)), as PyTorch exports it);
+ * - a residual Add of another tensor of the same shape: the sum post-op.
+ * A rewrite applies only when the intermediate tensor has no other reader and is not a graph
+ * output, so results are those of the unfused graph up to float rounding.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "nn-internal.h"
+
+/* Live readers of v (each input slot counts); first and second get the first two. */
+static int readers(const nn_graph *g, int v, int *first, int *second)
+{
+    int count = 0;
+    for (size_t i = 0; i < g->n_nodes; i++) {
+        const nn_node *n = &g->nodes[i];
+        if (n->dead)
+            continue;
+        for (int k = 0; k <= n->n_in; k++) {
+            int in = k < n->n_in ? n->in[k] : n->sum_in;
+            if (in != v)
+                continue;
+            if (count == 0 && first)
+                *first = (int)i;
+            else if (count == 1 && second)
+                *second = (int)i;
+            count++;
+        }
+    }
+    return count;
+}
+
+static bool is_op(const nn_node *n, const char *op) { return strcmp(n->op_type, op) == 0; }
+
+static bool const_scalar(const nn_graph *g, int v, float *ret)
+{
+    if (v < 0 || !g->values[v].data || g->values[v].n_elems != 1 ||
+        g->values[v].dtype != NN_DTYPE_FLOAT)
+        return false;
+    *ret = *(const float *)g->values[v].data;
+    return true;
+}
+
+/* The input of binary node n that is not v (-1 when both or neither are). */
+static int other_input(const nn_node *n, int v)
+{
+    if (n->n_in != 2)
+        return -1;
+    if (n->in[0] == v && n->in[1] != v)
+        return n->in[1];
+    if (n->in[1] == v && n->in[0] != v)
+        return n->in[0];
+    return -1;
+}
+
+/* A new constant float value of the given shape (data owned by the graph). */
+static int new_const(nn_graph *g, const char *base, const char *suffix, int rank,
+                     const int64_t *dims, float **ret_data)
+{
+    if (g->n_values >= g->cap_values)
+        return -1;
+    int v = (int)g->n_values;
+    nn_value *val = &g->values[v];
+    memset(val, 0, sizeof(*val));
+    val->producer = -1;
+    val->view_of = -1;
+    size_t l = strlen(base) + strlen(suffix) + 1;
+    if (!(val->name = malloc(l)))
+        return -1;
+    snprintf(val->name, l, "%s%s", base, suffix);
+    if (nn_value_shape(val, NN_DTYPE_FLOAT, rank, dims, NULL) ||
+        !(val->data = nn_aligned_alloc(val->n_bytes))) {
+        free(val->name);
+        return -1;
+    }
+    g->n_values++;
+    *ret_data = val->data;
+    return v;
+}
+
+/* Conv -> BatchNormalization: W' = W * s, b' = (b - mean) * s + beta, s = gamma / sqrt(var+eps) */
+static size_t fold_batchnorm(nn_graph *g)
+{
+    size_t n_done = 0;
+    for (size_t i = 0; i < g->n_nodes; i++) {
+        nn_node *bn = &g->nodes[i];
+        if (bn->dead || !is_op(bn, "BatchNormalization"))
+            continue;
+        int x = bn->in[0];
+        int pi = g->values[x].producer;
+        if (pi < 0 || g->values[x].is_output || readers(g, x, NULL, NULL) != 1)
+            continue;
+        nn_node *cv = &g->nodes[pi];
+        if (cv->dead || !is_op(cv, "Conv") || cv->n_post || !g->values[cv->in[1]].data ||
+            (cv->n_in > 2 && cv->in[2] >= 0 && !g->values[cv->in[2]].data))
+            continue;
+        bool consts = true;
+        for (int k = 1; k < 5; k++)
+            consts &= g->values[bn->in[k]].data != NULL;
+        if (!consts)
+            continue;
+        const nn_value *w = &g->values[cv->in[1]];
+        int64_t oc = w->dims[0], per = oc ? w->n_elems / oc : 0;
+        float *nw, *nb;
+        int vw = new_const(g, w->name, "/bn_folded", w->rank, w->dims, &nw);
+        int vb = vw < 0 ? -1 : new_const(g, w->name, "/bn_bias", 1, &oc, &nb);
+        if (vw < 0 || vb < 0)
+            return n_done; /* out of memory: leave the graph unfused, still correct */
+        w = &g->values[cv->in[1]];
+        const float *sc = g->values[bn->in[1]].data, *be = g->values[bn->in[2]].data,
+                    *mu = g->values[bn->in[3]].data, *va = g->values[bn->in[4]].data;
+        const float *ob = cv->n_in > 2 && cv->in[2] >= 0 ? g->values[cv->in[2]].data : NULL;
+        for (int64_t c = 0; c < oc; c++) {
+            double s = (double)sc[c] / sqrt((double)va[c] + bn->a.f0);
+            for (int64_t k = 0; k < per; k++)
+                nw[c * per + k] = (float)(((const float *)w->data)[c * per + k] * s);
+            nb[c] = (float)(((ob ? ob[c] : 0.0) - mu[c]) * s + be[c]);
+        }
+        cv->in[1] = vw;
+        cv->in[2] = vb;
+        cv->n_in = 3;
+        cv->out[0] = bn->out[0];
+        g->values[bn->out[0]].producer = (int)pi;
+        bn->dead = true;
+        n_done++;
+    }
+    return n_done;
+}
+
+static bool add_post(nn_node *n, dnnl_alg_kind_t alg, float alpha, float beta)
+{
+    if (n->n_post >= NN_MAX_POST)
+        return false;
+    n->post[n->n_post++] = (nn_post){NN_POST_ELTWISE, alg, alpha, beta};
+    return true;
+}
+
+/* The node takes over c's output: c (and the chain before it) is gone. */
+static void take_output(nn_graph *g, nn_node *n, nn_node *last)
+{
+    n->out[0] = last->out[0];
+    g->values[n->out[0]].producer = (int)(n - g->nodes);
+}
+
+/* x * 0.5 * (1 + erf(x / sqrt2)) starting at y's readers; returns the Mul that ends it. */
+static nn_node *match_gelu(nn_graph *g, int y)
+{
+    int r1 = -1, r2 = -1;
+    if (readers(g, y, &r1, &r2) != 2)
+        return NULL;
+    nn_node *dv = &g->nodes[r1], *m1 = &g->nodes[r2];
+    if (!is_op(dv, "Div")) {
+        nn_node *t = dv;
+        dv = m1;
+        m1 = t;
+    }
+    float c;
+    if (!is_op(dv, "Div") || dv->in[0] != y || !const_scalar(g, dv->in[1], &c) ||
+        fabsf(c - 1.41421356f) > 1e-4f)
+        return NULL;
+    int e = -1, a = -1, m2 = -1;
+    if (readers(g, dv->out[0], &e, NULL) != 1 || !is_op(&g->nodes[e], "Erf"))
+        return NULL;
+    nn_node *erf = &g->nodes[e];
+    if (readers(g, erf->out[0], &a, NULL) != 1 || !is_op(&g->nodes[a], "Add"))
+        return NULL;
+    nn_node *add = &g->nodes[a];
+    if (!const_scalar(g, other_input(add, erf->out[0]), &c) || c != 1.0f)
+        return NULL;
+    if (!is_op(m1, "Mul") || other_input(m1, y) != add->out[0] ||
+        readers(g, add->out[0], NULL, NULL) != 1)
+        return NULL;
+    if (readers(g, m1->out[0], &m2, NULL) != 1 || !is_op(&g->nodes[m2], "Mul") ||
+        g->values[m1->out[0]].is_output)
+        return NULL;
+    nn_node *half = &g->nodes[m2];
+    if (!const_scalar(g, other_input(half, m1->out[0]), &c) || c != 0.5f)
+        return NULL;
+    if (g->values[dv->out[0]].is_output || g->values[erf->out[0]].is_output ||
+        g->values[add->out[0]].is_output)
+        return NULL;
+    dv->dead = erf->dead = add->dead = m1->dead = true;
+    return half;
+}
+
+static bool same_shape(const nn_value *a, const nn_value *b)
+{
+    if (a->rank != b->rank || a->dtype != b->dtype)
+        return false;
+    for (int d = 0; d < a->rank; d++)
+        if (a->dims[d] != b->dims[d])
+            return false;
+    return true;
+}
+
+/* Fold what follows node n into it, one reader at a time. */
+static size_t fuse_after(nn_graph *g, nn_node *n)
+{
+    size_t n_done = 0;
+    bool conv = is_op(n, "Conv"), matmul = is_op(n, "MatMul");
+    for (;;) {
+        int y = n->out[0], r1 = -1, r2 = -1;
+        if (g->values[y].is_output)
+            break;
+        int nr = readers(g, y, &r1, &r2);
+        if (nr == 2 && n->n_post < NN_MAX_POST) {
+            /* SiLU: Sigmoid(y) and Mul(y, sigmoid) */
+            nn_node *s = &g->nodes[r1], *m = &g->nodes[r2];
+            if (!is_op(s, "Sigmoid")) {
+                nn_node *t = s;
+                s = m;
+                m = t;
+            }
+            if (is_op(s, "Sigmoid") && is_op(m, "Mul") && other_input(m, y) == s->out[0] &&
+                !g->values[s->out[0]].is_output && readers(g, s->out[0], NULL, NULL) == 1) {
+                add_post(n, dnnl_eltwise_swish, 1.0f, 0.0f);
+                s->dead = m->dead = true;
+                take_output(g, n, m);
+                n_done += 2;
+                continue;
+            }
+            nn_node *gl = match_gelu(g, y);
+            if (gl) {
+                add_post(n, dnnl_eltwise_gelu_erf, 0.0f, 0.0f);
+                gl->dead = true;
+                take_output(g, n, gl);
+                n_done += 5;
+                continue;
+            }
+            break;
+        }
+        if (nr != 1)
+            break;
+        nn_node *c = &g->nodes[r1];
+        const nn_value *cv = &g->values[c->out[0]];
+        if (cv->dtype != NN_DTYPE_FLOAT || c->n_out != 1)
+            break;
+        bool ok = false;
+        if (is_op(c, "Relu"))
+            ok = add_post(n, dnnl_eltwise_relu, 0.0f, 0.0f);
+        else if (is_op(c, "LeakyRelu"))
+            ok = add_post(n, dnnl_eltwise_relu, c->a.f0, 0.0f);
+        else if (is_op(c, "Clip"))
+            ok = add_post(n, dnnl_eltwise_clip_v2, c->a.f0, c->a.f1);
+        else if (is_op(c, "Sigmoid"))
+            ok = add_post(n, dnnl_eltwise_logistic, 0.0f, 0.0f);
+        else if (is_op(c, "Tanh"))
+            ok = add_post(n, dnnl_eltwise_tanh, 0.0f, 0.0f);
+        else if (is_op(c, "HardSwish"))
+            ok = add_post(n, dnnl_eltwise_hardswish, 0.0f, 0.0f);
+        else if (is_op(c, "HardSigmoid") && n->n_post + 2 <= NN_MAX_POST)
+            ok = add_post(n, dnnl_eltwise_linear, c->a.f0, c->a.f1) &&
+                 add_post(n, dnnl_eltwise_clip_v2, 0.0f, 1.0f);
+        else if (is_op(c, "Add")) {
+            int o = other_input(c, y);
+            if (o < 0)
+                break;
+            const nn_value *ov = &g->values[o];
+            if (matmul && n->n_post == 0 && n->bias_in < 0 && ov->data &&
+                ov->dtype == NN_DTYPE_FLOAT && g->values[n->in[1]].data) {
+                /* bias: a vector along the last axis, every other axis 1 */
+                int64_t last = g->values[y].dims[g->values[y].rank - 1];
+                bool vec = ov->n_elems == last && ov->rank >= 1 && ov->dims[ov->rank - 1] == last &&
+                           ov->rank <= g->values[y].rank;
+                if (vec) {
+                    n->bias_in = o;
+                    ok = true;
+                }
+            } else if ((conv || matmul) && n->sum_in < 0 && n->n_post < NN_MAX_POST && !ov->data &&
+                       same_shape(ov, &g->values[y]) &&
+                       (ov->producer < 0 || ov->producer < (int)(n - g->nodes))) {
+                n->post[n->n_post++] = (nn_post){NN_POST_SUM, dnnl_alg_kind_undef, 0, 0};
+                n->sum_in = o;
+                ok = true;
+            }
+        }
+        if (!ok)
+            break;
+        c->dead = true;
+        take_output(g, n, c);
+        n_done++;
+    }
+    return n_done;
+}
+
+size_t nn_graph_optimize(nn_graph *g)
+{
+    size_t n_done = fold_batchnorm(g);
+    for (size_t i = 0; i < g->n_nodes; i++) {
+        nn_node *n = &g->nodes[i];
+        if (n->dead || (!is_op(n, "Conv") && !is_op(n, "MatMul") && !is_op(n, "Gemm")))
+            continue;
+        n_done += fuse_after(g, n);
+    }
+    return n_done;
+}
