@@ -44,6 +44,8 @@ SEED = 20261127
 CALIB_BATCHES = 4
 CALIB_BATCH_SIZE = 8
 FORMAT_VERSION = 1
+MIN_REL_MARGIN = 2.5e-3
+MARGIN_ATTEMPTS = 50
 
 
 def log(msg):
@@ -155,21 +157,34 @@ def references(name, model, size, batch2, refdir):
     cases = []
     t0 = time.monotonic()
     for i, batch in enumerate((1, batch2)):
-        g = torch.Generator().manual_seed(SEED + 10 + i)
-        x = torch.randn(batch, 3, size, size, generator=g)
-        with torch.no_grad():
-            y = model(x)
-        top2 = torch.topk(y, 2, dim=1).values
-        margin = (top2[:, 0] - top2[:, 1]).min().item()
+        # Inputs whose top-1 margin exceeds twice the parity tolerance (1e-3 * max|y|), so an
+        # engine within tolerance cannot flip a near-tie: the top-1 check then tests the engine,
+        # not luck. Random models often have near-ties; try a few seeds.
+        for attempt in range(MARGIN_ATTEMPTS):
+            seed = SEED + 10 + i + 100 * attempt
+            x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
+            with torch.no_grad():
+                y = model(x)
+            top2 = torch.topk(y, 2, dim=1).values
+            margin = (top2[:, 0] - top2[:, 1]).min().item()
+            if margin >= MIN_REL_MARGIN * y.abs().max().item():
+                break
+        else:
+            raise RuntimeError(f'{name}: no input among {MARGIN_ATTEMPTS} seeds has a top-1 margin '
+                               f'of {MIN_REL_MARGIN} * max|y| at batch {batch}')
         inp, out = f'input-b{batch}.f32', f'output-b{batch}.f32'
         save_f32(os.path.join(refdir, inp), x)
         save_f32(os.path.join(refdir, out), y)
         cases.append({'batch': batch, 'input': inp, 'output': out,
                       'input_shape': list(x.shape), 'output_shape': list(y.shape),
-                      'input_seed': SEED + 10 + i, 'max_abs_output': y.abs().max().item(),
+                      'input_seed': seed, 'max_abs_output': y.abs().max().item(),
                       'output_std': y.std().item(), 'min_top1_margin': margin,
                       'top1': y.argmax(1).tolist()})
-    meta = {'key': key, 'model': name, 'weight_seed': SEED, 'calibration_seed': SEED + 1,
+    # Multiply-add work per image (convolutions, matmuls) for the benchmark's share of peak.
+    with torch.no_grad(), torch.profiler.profile(with_flops=True) as prof:
+        model(torch.zeros(1, 3, size, size))
+    gflop = sum(e.flops for e in prof.key_averages()) / 1e9
+    meta = {'key': key, 'model': name, 'size': size, 'gflop_per_image': round(gflop, 4), 'weight_seed': SEED, 'calibration_seed': SEED + 1,
             'calibration': f'{CALIB_BATCHES} batches of {CALIB_BATCH_SIZE} N(0,1) images',
             'input_distribution': 'N(0,1) per element (a normalised image scale)',
             'reference_seconds': round(time.monotonic() - t0, 2), 'cases': cases,
