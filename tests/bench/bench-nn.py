@@ -45,8 +45,17 @@ def log(msg):
 
 
 def parse_kv(text):
-    return {m.group(1): float(m.group(2))
-            for m in re.finditer(r'^\s*([a-z_]+)=([-+0-9.eE]+)\s*$', text, re.M)}
+    """key=value lines (ort-node.js, torch-bench.py, sgemm-peak), plus xregctl nn-bench's
+    'latency: median X ms, ...' and 'peak RSS: X MiB' lines."""
+    kv = {m.group(1): float(m.group(2))
+          for m in re.finditer(r'^\s*([a-z_]+)=([-+0-9.eE]+)\s*$', text, re.M)}
+    m = re.search(r'^latency: median ([0-9.]+) ms', text, re.M)
+    if m and 'median_ms' not in kv:
+        kv['median_ms'] = float(m.group(1))
+    m = re.search(r'^peak RSS: ([0-9.]+) MiB', text, re.M)
+    if m and 'peak_rss_kb' not in kv:
+        kv['peak_rss_kb'] = float(m.group(1)) * 1024
+    return kv
 
 
 def run_measured(cmd, env, timeout=1800):
