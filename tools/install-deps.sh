@@ -31,6 +31,13 @@ packages=(
   libonnx-testdata python3-torch python3-torchvision python3-onnx libopenblas0-openmp
 )
 
+# nn/ parity tests (tools/export-models.py): Debian's PyTorch, fast with OpenBLAS
+packages+=(python3-torch python3-torchvision python3-onnx libopenblas0-openmp)
+# benchmarks only (tests/bench/bench-nn.py installs onnxruntime-node with npm): any node/npm
+# will do (Debian's or NodeSource's, which bundles npm), so only when the commands are missing
+command -v node >/dev/null || packages+=(nodejs)
+command -v npm >/dev/null || packages+=(npm)
+
 missing=()
 for p in "${packages[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed'; then
