@@ -13,7 +13,8 @@
  * image is reduced to (count, mean, M2) per channel and merged with Chan et al.'s pairwise
  * update in file order, so the result does not depend on --jobs and no pixels are kept.
  *
- * Which files: every regular file under DIR (recursively, symlinks not followed). A file is an
+ * Which files: every regular file under DIR (recursively; symlinks followed, each directory
+ * listed once, so a file linked from two folders counts twice but loops end). A file is an
  * image by its content: PNG or JPEG signature, else DICOM if dicom_image_read recognises it.
  * Policy for the rest:
  *   - skipped: not PNG, JPEG or DICOM (labels.csv, TIFF, README): counted, listed with -v and in
@@ -70,6 +71,11 @@ typedef struct file_result {
 typedef struct ms_ctx {
     char **paths;
     size_t n_paths, cap_paths;
+    struct {
+        dev_t dev;
+        ino_t ino;
+    } *dirs;
+    size_t n_dirs, cap_dirs;
     file_result *res;
     nn_preproc_spec spec;
     nn_image_params img_params;
@@ -123,7 +129,27 @@ static int add_path(ms_ctx *c, char *p)
     return 0;
 }
 
-/* Depth-first listing of regular files; symlinks are not followed (no loops). */
+/* A directory already listed (symlinks may lead back to it). */
+static bool seen_dir(ms_ctx *c, const struct stat *st)
+{
+    for (size_t i = 0; i < c->n_dirs; i++)
+        if (c->dirs[i].dev == st->st_dev && c->dirs[i].ino == st->st_ino)
+            return true;
+    if (c->n_dirs == c->cap_dirs) {
+        size_t cap = c->cap_dirs ? c->cap_dirs * 2 : 64;
+        void *nd = realloc(c->dirs, cap * sizeof(*c->dirs));
+        if (!nd)
+            return true; /* out of memory: list no more directories */
+        c->dirs = nd;
+        c->cap_dirs = cap;
+    }
+    c->dirs[c->n_dirs].dev = st->st_dev;
+    c->dirs[c->n_dirs++].ino = st->st_ino;
+    return false;
+}
+
+/* Depth-first listing of regular files. Symlinks are followed (split folders often link to the
+ * originals); a directory reached twice is listed once, so link loops end. */
 static int walk(ms_ctx *c, const char *dir, int depth)
 {
     if (depth > 64) {
@@ -144,11 +170,12 @@ static int walk(ms_ctx *c, const char *dir, int depth)
         if (asprintf(&p, "%s/%s", dir, e->d_name) < 0)
             return closedir(d), -1;
         struct stat st;
-        if (lstat(p, &st) != 0) {
+        if (stat(p, &st) != 0) {
             fprintf(stderr, "mean-std: cannot stat \"%s\": %m, ignoring\n", p);
             free(p);
         } else if (S_ISDIR(st.st_mode)) {
-            rc = walk(c, p, depth + 1);
+            if (!seen_dir(c, &st))
+                rc = walk(c, p, depth + 1);
             free(p);
         } else if (S_ISREG(st.st_mode)) {
             rc = add_path(c, p);
@@ -481,6 +508,8 @@ int ctl_mean_std(int argc, char **argv)
         size_t len = strlen(argv[i]);
         while (len > 1 && argv[i][len - 1] == '/')
             argv[i][--len] = '\0';
+        if (seen_dir(&c, &st))
+            continue;
         if (walk(&c, argv[i], 0) != 0) {
             fprintf(stderr, "mean-std: could not list \"%s\"\n", argv[i]);
             goto out;
@@ -639,6 +668,7 @@ out:
             free(c.res[i].why);
     }
     free(c.paths);
+    free(c.dirs);
     free(c.res);
     dicom_global_done();
     return ret;
