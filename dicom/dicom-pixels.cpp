@@ -29,6 +29,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #include <algorithm>
 #include <utility>
@@ -174,7 +175,65 @@ struct Object {
     }
 };
 
-xr_code load_file(Object &o, const char *path, xr_error *err)
+/*
+ * DCMTK inflates a deflated data set whole, before we could look at Rows or Columns: a few MB
+ * of zeros can inflate to many GB. So inflate it once here into nothing, counting, and refuse
+ * past cap. Part-10 files only (the meta header, which names the transfer syntax, is required).
+ */
+xr_code check_deflate(int fd, uint64_t cap, const Source &src, xr_error *err)
+{
+    unsigned char head[4096];
+    ssize_t n = pread(fd, head, sizeof(head), 0);
+    if (n < 144 || memcmp(head + 128, "DICM", 4) != 0)
+        return XR_OK; /* no meta header: DCMTK cannot read it as deflated either */
+    static const char deflated[] = "1.2.840.10008.1.2.1.99";
+    if (!memmem(head + 132, (size_t)n - 132, deflated, sizeof(deflated) - 1))
+        return XR_OK;
+    /* (0002,0000) UL 4 <group length>: the data set starts right after the group. */
+    if (memcmp(head + 132, "\x02\x00\x00\x00UL\x04\x00", 8) != 0)
+        return fail(err, XR_E_INPUT, src,
+                    "deflated object without File Meta Information Group Length (0002,0000)");
+    uint32_t gl = (uint32_t)head[140] | (uint32_t)head[141] << 8 | (uint32_t)head[142] << 16 |
+                  (uint32_t)head[143] << 24;
+    off_t pos = (off_t)144 + gl;
+    z_stream z;
+    memset(&z, 0, sizeof(z));
+    if (inflateInit2(&z, -MAX_WBITS) != Z_OK)
+        return xr_error_set(err, XR_E_NOMEM, "out of memory");
+    std::vector<unsigned char> in(64 * 1024), out(256 * 1024);
+    uint64_t total = 0;
+    int zr = Z_OK;
+    while (zr != Z_STREAM_END) {
+        ssize_t k = pread(fd, in.data(), in.size(), pos);
+        if (k <= 0)
+            break; /* truncated: DCMTK will say so */
+        pos += k;
+        z.next_in = in.data();
+        z.avail_in = (uInt)k;
+        do {
+            z.next_out = out.data();
+            z.avail_out = (uInt)out.size();
+            zr = inflate(&z, Z_NO_FLUSH);
+            total += out.size() - z.avail_out;
+        } while (zr == Z_OK && z.avail_out == 0 && total <= cap);
+        if ((zr != Z_OK && zr != Z_STREAM_END && zr != Z_BUF_ERROR) || total > cap)
+            break;
+    }
+    inflateEnd(&z);
+    if (total > cap)
+        return fail(err, XR_E_LIMIT, src,
+                    "the deflated data set inflates to more than %llu bytes, the limit",
+                    (unsigned long long)cap);
+    return XR_OK;
+}
+
+/* What a deflated data set may inflate to: the decoded pixels' limit plus the attributes. */
+uint64_t deflate_cap(const dicom_pixel_limits *lim)
+{
+    return lim->max_decoded_bytes + 64ull * 1024 * 1024;
+}
+
+xr_code load_file(Object &o, const char *path, const dicom_pixel_limits *lim, xr_error *err)
 {
     o.src.path = path;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -191,6 +250,13 @@ xr_code load_file(Object &o, const char *path, xr_error *err)
         return fail(err, XR_E_INPUT, o.src, "not a regular file");
     if (st.st_size == 0)
         return fail(err, XR_E_INPUT, o.src, "not a DICOM file: the file is empty");
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return xr_error_errno(err, errno, "could not open \"%s\"", path);
+    xr_code rc = check_deflate(fd, deflate_cap(lim), o.src, err);
+    close(fd);
+    if (rc)
+        return rc;
     OFCondition cond = o.ff.loadFile(OFFilename(path), EXS_Unknown, EGL_noChange,
                                      DCM_MaxReadLength, ERM_autoDetect);
     if (cond.bad()) {
@@ -201,7 +267,8 @@ xr_code load_file(Object &o, const char *path, xr_error *err)
 }
 
 /* Through a memfd, like dicom_header_read_buffer: a file stream checks lengths first. */
-xr_code load_buffer(Object &o, const void *data, size_t n, xr_error *err)
+xr_code load_buffer(Object &o, const void *data, size_t n, const dicom_pixel_limits *lim,
+                    xr_error *err)
 {
     o.src.path = nullptr;
     if (n == 0)
@@ -220,6 +287,9 @@ xr_code load_buffer(Object &o, const void *data, size_t n, xr_error *err)
         }
         done += (size_t)w;
     }
+    xr_code rc = check_deflate(o.memfd, deflate_cap(lim), o.src, err);
+    if (rc)
+        return rc;
     char path[64];
     snprintf(path, sizeof(path), "/proc/self/fd/%d", o.memfd);
     OFCondition cond = o.ff.loadFile(OFFilename(path), EXS_Unknown, EGL_noChange,
@@ -980,7 +1050,7 @@ xr_code open_object(Object &o, const char *path, const void *buf, size_t n,
                     const dicom_pixel_limits *limits, dicom_frame_policy policy,
                     uint32_t *ret_n_decode, xr_error *err)
 {
-    xr_code rc = path ? load_file(o, path, err) : load_buffer(o, buf, n, err);
+    xr_code rc = path ? load_file(o, path, limits, err) : load_buffer(o, buf, n, limits, err);
     if (rc)
         return rc;
     if ((rc = read_attrs(o, err)))

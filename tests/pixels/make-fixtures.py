@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Make the pixel-decoding fixtures into OUTDIR and write OUTDIR/manifest.json.
 
-    /usr/bin/python3 tests/pixels/make-fixtures.py OUTDIR
+    /usr/bin/python3 tests/pixels/make-fixtures.py OUTDIR [ROWS COLUMNS]
 
 Sources are synthetic radiograph-like images written with pydicom (every native layout: bit
 depths, signedness, garbage above High Bit, MONOCHROME1/2, RGB by pixel and by plane,
@@ -132,7 +132,7 @@ def run(cmd):
         raise SystemExit(f"make-fixtures: {' '.join(cmd)} failed: {r.stderr.strip()}")
 
 
-def main(out):
+def main(out, R=240, C=200):
     os.makedirs(out, exist_ok=True)
     rows = []
 
@@ -149,7 +149,7 @@ def main(out):
         rows.append({"name": name, "path": p, "ts": ts, "lossy": lossy, "frames": frames})
         return p
 
-    R, C = 240, 200  # even columns for 4:2:2
+    # R x C: even columns for 4:2:2 (the fuzz seeds use 16 x 12)
     # --- native sources --------------------------------------------------------------------
     ds = base(); mono(ds, xray(R, C, 0, 4095)[None], 16, 12, False)
     ds.WindowCenter, ds.WindowWidth = 2048, 3000
@@ -263,6 +263,6 @@ def main(out):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
+    if len(sys.argv) not in (2, 4):
         raise SystemExit(__doc__)
-    main(sys.argv[1])
+    main(sys.argv[1], *[int(v) for v in sys.argv[2:]])

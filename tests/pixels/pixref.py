@@ -72,7 +72,7 @@ def native_stored(ds, n_frames=None):
 
 def reference_stored(path, n_frames=None):
     """(values, color model, reference name) for any supported file, or raises."""
-    ds = pydicom.dcmread(path)
+    ds = pydicom.dcmread(path, force=True)
     ts = ts_of(ds)
     if ts in NATIVE or ts == "1.2.840.10008.1.2.1.99":
         v, cm = native_stored(ds, n_frames)
@@ -92,7 +92,7 @@ def reference_stored(path, n_frames=None):
         r = subprocess.run(tool + [path, out], capture_output=True, text=True)
         if r.returncode != 0 or not os.path.exists(out):
             raise RuntimeError(f"{tool[0]} failed: {r.stderr.strip()[:300]}")
-        rds = pydicom.dcmread(out)
+        rds = pydicom.dcmread(out, force=True)
         # GDCM may rewrite Bits Stored/Pixel Representation; the original's describe the data.
         for k in ("BitsStored", "HighBit", "PixelRepresentation"):
             if k in ds and tool[0] != "gdcmconv":
@@ -109,8 +109,8 @@ def xreg_decode(path, frames="first", config=None):
         if config:
             cmd += ["-c", config]
         r = subprocess.run(cmd + [path], capture_output=True, text=True, timeout=300)
-        if r.returncode != 0:
-            return r.returncode, None, None, None, r.stderr
+        if r.returncode != 0 or "Sanitizer" in r.stderr or "runtime error:" in r.stderr:
+            return r.returncode or 99, None, None, None, r.stderr
         info = json.loads(r.stdout)
         rows, cols, nf = info["rows"], info["columns"], info["n_frames"]
         spp = info["samples_per_pixel"]
@@ -173,12 +173,12 @@ def grayscale(ds, stored, color_model):
         return np.clip(y / ((1 << bs) - 1), 0, 1)
     v = stored[..., 0].astype(np.int64)
     pad = np.zeros(v.shape, bool)
-    if "PixelPaddingValue" in ds:
+    if ds.get("PixelPaddingValue") is not None:
         p = int(ds.PixelPaddingValue)
         if pr and p > 32767:
             p -= 65536
         lo = hi = p
-        if "PixelPaddingRangeLimit" in ds:
+        if ds.get("PixelPaddingRangeLimit") is not None:
             q = int(ds.PixelPaddingRangeLimit)
             if pr and q > 32767:
                 q -= 65536

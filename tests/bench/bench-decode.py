@@ -1,0 +1,121 @@
+#!/usr/bin/python3
+"""Decode + grayscale time of a large CR: xreg against pydicom + numpy and DCMTK's dcm2pnm, all
+in the same run on the same files.
+
+    # what `meson test -C build --benchmark decode` runs:
+    XREGCTL=build/daemon/xregctl /usr/bin/python3 tests/bench/bench-decode.py
+    # other sizes / more runs:
+    XREGCTL=build/daemon/xregctl /usr/bin/python3 tests/bench/bench-decode.py --rows 3000 \\
+        --columns 2500 --runs 9
+
+The image: ROWS x COLUMNS (default 3000 x 2500), 16 bits allocated, 12 stored, MONOCHROME1,
+no window in the header (so every contender computes a window from the data), written
+uncompressed (explicit VR little endian) and as JPEG lossless SV1 (dcmcjpeg +e1).
+
+Contenders, each the median of --runs:
+  xreg in-process    xregctl dicom-decode --repeat N: the fastest of N dicom_image_read calls
+                     (parse, decode, grayscale to float [0,1], 0.5/99.5 percentile window)
+  xreg process       one `xregctl dicom-decode FILE` (adds process start and dictionary load)
+  pydicom+numpy      dcmread + pixel_array + the same grayscale in numpy (pixref.grayscale),
+                     in this Python process; JPEG lossless needs pylibjpeg or GDCM's Python
+                     binding, neither in Debian 12's pydicom, so it is "n/a" there
+  dcm2pnm            `dcm2pnm +Wm --write-16-bit-pnm FILE out.pgm` (min-max window, 16-bit PGM),
+                     one process per run like "xreg process"
+Ratios are contender / xreg (higher = xreg faster).
+"""
+import argparse
+import importlib.util
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import pydicom
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "pixels"))
+import pixref  # noqa: E402
+
+
+def load_generator():
+    spec = importlib.util.spec_from_file_location(
+        "make_fixtures", os.path.join(HERE, "..", "pixels", "make-fixtures.py"))
+    m = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(m)
+    return m
+
+
+def timed(fn, runs):
+    t = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        t.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(t)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, default=3000)
+    ap.add_argument("--columns", type=int, default=2500)
+    ap.add_argument("--runs", type=int, default=5)
+    a = ap.parse_args()
+    xregctl = pixref.XREGCTL
+    if not os.path.exists(xregctl):
+        print(f"bench-decode: {xregctl} is missing (set XREGCTL)", file=sys.stderr)
+        return 77 if os.environ.get("CI") != "true" else 1
+    g = load_generator()
+    with tempfile.TemporaryDirectory() as d:
+        ds = g.base()
+        g.mono(ds, (4095 - g.xray(a.rows, a.columns, 0, 4095))[None], 16, 12, False,
+               pi="MONOCHROME1")
+        raw = os.path.join(d, "cr-uncompressed.dcm")
+        ds.save_as(raw, write_like_original=False)
+        jll = os.path.join(d, "cr-jpeg-lossless.dcm")
+        subprocess.run(["dcmcjpeg", "+e1", raw, jll], check=True)
+        files = [("uncompressed", raw), ("JPEG lossless SV1", jll)]
+        print(f"bench-decode: {a.rows} x {a.columns} CR, 16/12 bits, MONOCHROME1; "
+              f"{os.path.getsize(raw) >> 10} KiB uncompressed, {os.path.getsize(jll) >> 10} KiB "
+              f"JPEG lossless; median of {a.runs} runs, ms")
+        results = []
+        for label, f in files:
+            r = subprocess.run([xregctl, "dicom-decode", "--json", "--repeat", str(a.runs), f],
+                               capture_output=True, text=True, check=True)
+            inproc = json.loads(r.stdout)["decode_ms"]
+            proc = timed(lambda: subprocess.run([xregctl, "dicom-decode", f], check=True,
+                                                capture_output=True), a.runs)
+
+            def pyd():
+                x = pydicom.dcmread(f)
+                arr = x.pixel_array.astype(np.int64)
+                pixref.grayscale(x, arr[None, ..., None], x.PhotometricInterpretation)
+            try:
+                pyd()
+                py = timed(pyd, a.runs)
+            except Exception as e:  # no handler for this transfer syntax
+                py = None
+                why = str(e).splitlines()[0][:80]
+            out = os.path.join(d, "o.pgm")
+            dcm = timed(lambda: subprocess.run(["dcm2pnm", "+Wm", "--write-16-bit-pnm", f, out],
+                                               check=True, capture_output=True), a.runs)
+            results.append((label, inproc, proc, py, dcm))
+            print(f"  {label}:")
+            print(f"    xreg in-process   {inproc:8.1f}")
+            print(f"    xreg process      {proc:8.1f}")
+            if py is None:
+                print(f"    pydicom+numpy          n/a  ({why})")
+            else:
+                print(f"    pydicom+numpy     {py:8.1f}   x{py / inproc:.1f} of xreg in-process")
+            print(f"    dcm2pnm process   {dcm:8.1f}   x{dcm / proc:.2f} of xreg process")
+        print("json: " + json.dumps([dict(zip(("file", "xreg_inprocess_ms", "xreg_process_ms",
+                                               "pydicom_numpy_ms", "dcm2pnm_process_ms"), r))
+                                     for r in results]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
