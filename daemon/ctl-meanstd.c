@@ -158,8 +158,10 @@ static int walk(ms_ctx *c, const char *dir, int depth)
     }
     DIR *d = opendir(dir);
     if (!d) {
-        fprintf(stderr, "mean-std: cannot open directory \"%s\": %m\n", dir);
-        return -1;
+        /* A subdirectory we may not read is reported and left out, like an unreadable file. */
+        fprintf(stderr, "mean-std: could not open directory \"%s\": %m%s\n", dir,
+                depth > 0 ? ", ignoring" : "");
+        return depth > 0 ? 0 : -1;
     }
     struct dirent *e;
     int rc = 0;
