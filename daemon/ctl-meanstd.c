@@ -1,6 +1,7 @@
 /*
  * xregctl mean-std [-c CONFIG] [--size H,W] [--channels 1|3] [--resize stretch|letterbox]
- *                  [--frames first|all] [--jobs N] [--strict] [--json] [-v] [-q] DIR...
+ *                  [-m KEY=VALUE]... [--frames first|all] [--jobs N] [--strict] [--json] [-v]
+ *                  [-q] DIR...
  *
  * The thesis's mean_std_dataset, over PNG, JPEG and DICOM files: each image is decoded (DICOM
  * through dicom_image_read: modality LUT, VOI, inversion; PNG/JPEG through nn-image.h) and
@@ -101,6 +102,8 @@ static void usage(FILE *f)
             "  --size H,W            model input size (default 224,224)\n"
             "  --channels 1|3        model channels (default 3)\n"
             "  --resize MODE         stretch | letterbox (default stretch)\n"
+            "  -m, --metadata K=V    a model's metadata entry (xreg.input_size, xreg.channels,\n"
+            "                        xreg.resize; repeat it) in place of the three options above\n"
             "  --frames first|all    multi-frame DICOM: first frame, or every frame as an image\n"
             "                        (default: pixels.frames of -c CONFIG, else first)\n"
             "  -c, --config PATH     take DICOM limits and frames from this xregd.yaml\n"
@@ -392,19 +395,34 @@ int ctl_mean_std(int argc, char **argv)
         {"config", required_argument, NULL, 'c'}, {"jobs", required_argument, NULL, 'j'},
         {"strict", no_argument, NULL, 'S'},       {"json", no_argument, NULL, 'J'},
         {"verbose", no_argument, NULL, 'v'},      {"quiet", no_argument, NULL, 'q'},
-        {"help", no_argument, NULL, 'h'},         {0},
+        {"help", no_argument, NULL, 'h'},         {"metadata", required_argument, NULL, 'm'},
+        {0},
     };
     ms_ctx c = {.spec = nn_preproc_spec_default(), .img_params = nn_image_params_default(),
                 .dcm_limits = dicom_pixel_limits_default(), .frames = DICOM_FRAMES_FIRST};
     c.spec.normalize = false;
     const char *config_path = NULL, *frames = NULL;
     bool json = false, verbose = false, quiet = false;
+    const char *mkeys[16], *mvals[16];
+    size_t n_meta = 0;
     long jobs = sysconf(_SC_NPROCESSORS_ONLN);
     jobs = jobs < 1 ? 1 : jobs > 8 ? 8 : jobs;
     int o;
     optind = 0;
-    while ((o = getopt_long(argc, argv, "c:j:vqh", opts, NULL)) != -1) {
+    while ((o = getopt_long(argc, argv, "c:j:m:vqh", opts, NULL)) != -1) {
         switch (o) {
+        case 'm': {
+            char *eq = strchr(optarg, '=');
+            if (!eq || n_meta == 16) {
+                fprintf(stderr, "mean-std: --metadata \"%s\" must be KEY=VALUE (at most 16)\n",
+                        optarg);
+                return 2;
+            }
+            *eq = '\0';
+            mkeys[n_meta] = optarg;
+            mvals[n_meta++] = eq + 1;
+            break;
+        }
         case 's':
             if (!parse_size(optarg, &c.spec.height, &c.spec.width)) {
                 fprintf(stderr, "mean-std: --size \"%s\" must be H,W (e.g. 224,224)\n", optarg);
@@ -467,6 +485,11 @@ int ctl_mean_std(int argc, char **argv)
         return 2;
     }
     xr_error err = XR_ERROR_INIT;
+    if (n_meta && nn_preproc_spec_from_metadata(mkeys, mvals, n_meta, &c.spec, &err)) {
+        fprintf(stderr, "mean-std: %s\n", err.msg);
+        return 2;
+    }
+    c.spec.normalize = false;
     if (nn_preproc_spec_validate(&c.spec, &err)) {
         fprintf(stderr, "mean-std: %s\n", err.msg);
         return 2;

@@ -176,6 +176,19 @@ def test_text_output_jobs_and_order(dataset):
     assert np.allclose([float(v) for v in lines[0]["xreg.std"].split(",")], j["std"], atol=1e-6)
 
 
+def test_metadata_options(dataset):
+    a = run(["--size", "97,31", "--channels", "1", "--resize", "letterbox", "--json", str(dataset)])
+    b = run(["-m", "xreg.input_size=97,31", "-m", "xreg.channels=1", "-m", "xreg.resize=letterbox",
+             "-m", "xreg.mean=0.5", "-m", "xreg.labels=a,b", "--json", str(dataset)])
+    assert a.returncode == 0 and b.returncode == 0, (a.stderr, b.stderr)
+    ja, jb = json.loads(a.stdout), json.loads(b.stdout)
+    assert ja["mean"] == jb["mean"] and ja["std"] == jb["std"] and jb["channels"] == 1
+    r = run(["-m", "xreg.channels=3", str(dataset)])
+    assert r.returncode == 2 and 'no "xreg.input_size"' in r.stderr
+    r = run(["-m", "xreg.input_size", str(dataset)])
+    assert r.returncode == 2 and "KEY=VALUE" in r.stderr
+
+
 def test_strict_stops_at_unreadable(dataset):
     r = run(["--strict", str(dataset)])
     assert r.returncode == 1
