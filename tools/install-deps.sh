@@ -21,6 +21,8 @@ packages=(
   libopenjp2-7-dev python3-pil
   # nn/ preprocessing parity with the training side (PIL + torchvision)
   python3-torch python3-torchvision
+  # bounded fuzz runs (libFuzzer, ASan, UBSan)
+  clang-14 libclang-rt-14-dev
   # benchmarks only: Orthanc as a peer to compare with
   orthanc
   systemd
