@@ -15,8 +15,9 @@ packages=(
   postgresql-15 postgresql-client-15
   # test: real DICOM peers, fixture makers, the pytest driver
   dcmtk libgdcm-tools python3 python3-pytest python3-psycopg2 python3-pydicom python3-numpy
-  # pixels: OpenJPEG for JPEG 2000; pillow for pydicom's JPEG reference decoding
-  libopenjp2-7-dev python3-pil
+  # pixels: OpenJPEG for JPEG 2000; Pillow and GDCM's Python binding as pydicom's reference
+  # decoders in the tests and the decode benchmark
+  libopenjp2-7-dev python3-pil python3-gdcm
   # benchmarks only: Orthanc as a peer to compare with
   orthanc
   systemd
