@@ -17,7 +17,7 @@ packages=(
   dcmtk libgdcm-tools python3 python3-pytest python3-psycopg2 python3-pydicom python3-numpy
   # pixels: OpenJPEG for JPEG 2000; Pillow and GDCM's Python binding as pydicom's reference
   # decoders in the tests and the decode benchmark
-  libopenjp2-7-dev python3-pil python3-gdcm
+  libopenjp2-7-dev libopenjp2-tools python3-pil python3-gdcm
   # benchmarks only: Orthanc as a peer to compare with
   orthanc
   systemd
