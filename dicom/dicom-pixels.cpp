@@ -366,10 +366,12 @@ xr_code read_attrs(Object &o, xr_error *err)
     a.codec = row->codec;
     a.lossy = row->lossy;
 
+    if (o.ds->tagExists(DCM_FloatPixelData) || o.ds->tagExists(DCM_DoubleFloatPixelData))
+        return fail(err, XR_E_UNSUPPORTED, o.src,
+                    "Float Pixel Data (7fe0,0008) or Double Float Pixel Data (7fe0,0009) is not "
+                    "supported");
     if (o.ds->findAndGetElement(DCM_PixelData, o.pixel, OFFalse).bad() || !o.pixel)
         return fail(err, XR_E_INPUT, o.src, "no Pixel Data (7fe0,0010) in the data set");
-    if (o.ds->tagExists(DCM_FloatPixelData) || o.ds->tagExists(DCM_DoubleFloatPixelData))
-        return fail(err, XR_E_UNSUPPORTED, o.src, "float pixel data is not supported");
 
     xr_code rc;
     if ((rc = need_us(o, DCM_Rows, "Rows", &a.rows, err)) ||
