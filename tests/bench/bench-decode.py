@@ -22,8 +22,8 @@ Contenders, each the median of --runs:
   dcm2pnm            `dcm2pnm +Wm --write-16-bit-pnm FILE out.pgm` (min-max window, 16-bit PGM),
                      one process per run like "xreg process"; for JPEG its JPEG-enabled twin
                      dcmj2pnm (Debian's dcm2pnm has no JPEG decoder registered)
-Process rows give wall time and, in brackets, CPU time (user + sys) of the child, which is
-steadier on a shared machine. Ratios are contender / xreg (higher = xreg faster).
+Every row gives wall time and, in brackets, CPU time (user + sys: of the child for process
+rows, of the process for in-process rows), which is steadier on a shared machine. Ratios are contender / xreg (higher = xreg faster).
 """
 import argparse
 import importlib.util
@@ -66,12 +66,14 @@ def timed_proc(cmd, runs):
 
 
 def timed(fn, runs):
-    t = []
+    """Median wall and CPU ms of fn() in this process."""
+    t, c = [], []
     for _ in range(runs):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         fn()
         t.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(t)
+        c.append((time.process_time() - c0) * 1e3)
+    return statistics.median(t), statistics.median(c)
 
 
 def main():
@@ -102,6 +104,7 @@ def main():
             r = subprocess.run([xregctl, "dicom-decode", "--json", "--repeat", str(a.runs), f],
                                capture_output=True, text=True, check=True)
             inproc = json.loads(r.stdout)["decode_ms"]
+            inproc_cpu = json.loads(r.stdout)["decode_cpu_ms"]
             proc, proc_cpu = timed_proc([xregctl, "dicom-decode", f], a.runs)
 
             def pyd():
@@ -110,25 +113,27 @@ def main():
                 pixref.grayscale(x, arr[None, ..., None], x.PhotometricInterpretation)
             try:
                 pyd()
-                py = timed(pyd, a.runs)
+                py, py_cpu = timed(pyd, a.runs)
             except Exception as e:  # no handler for this transfer syntax
-                py = None
+                py = py_cpu = None
                 why = f"{type(e).__name__}: no pydicom handler for it (python3-gdcm missing?)"
             out = os.path.join(d, "o.pgm")
             tool = "dcm2pnm" if f == raw else "dcmj2pnm"
             dcm, dcm_cpu = timed_proc([tool, "+Wm", "--write-16-bit-pnm", f, out], a.runs)
-            results.append((label, inproc, proc, proc_cpu, py, dcm, dcm_cpu))
+            results.append((label, inproc, inproc_cpu, proc, proc_cpu, py, py_cpu, dcm, dcm_cpu))
             print(f"  {label}:")
-            print(f"    xreg in-process   {inproc:8.1f}")
+            print(f"    xreg in-process   {inproc:8.1f}  [{inproc_cpu:.0f} CPU]")
             print(f"    xreg process      {proc:8.1f}  [{proc_cpu:.0f} CPU]")
             if py is None:
                 print(f"    pydicom+numpy          n/a  ({why})")
             else:
-                print(f"    pydicom+numpy     {py:8.1f}   x{py / inproc:.1f} of xreg in-process")
+                print(f"    pydicom+numpy     {py:8.1f}  [{py_cpu:.0f} CPU]  x{py / inproc:.1f} of xreg "
+                      f"in-process wall, x{py_cpu / max(inproc_cpu, 1e-3):.1f} CPU")
             print(f"    {tool + ' process':17} {dcm:8.1f}  [{dcm_cpu:.0f} CPU]  x{dcm / proc:.2f} "
                   f"of xreg process wall, x{dcm_cpu / max(proc_cpu, 1e-3):.2f} CPU")
-        print("json: " + json.dumps([dict(zip(("file", "xreg_inprocess_ms", "xreg_process_ms",
-                                               "xreg_process_cpu_ms", "pydicom_numpy_ms",
+        print("json: " + json.dumps([dict(zip(("file", "xreg_inprocess_ms", "xreg_inprocess_cpu_ms",
+                                               "xreg_process_ms", "xreg_process_cpu_ms",
+                                               "pydicom_numpy_ms", "pydicom_numpy_cpu_ms",
                                                "dcm2pnm_process_ms", "dcm2pnm_process_cpu_ms"), r))
                                      for r in results]))
     return 0
