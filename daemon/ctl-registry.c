@@ -983,6 +983,7 @@ static int cmd_export(ctl *c, int argc, char **argv)
         {0},
     };
     const char *out = NULL, *source = NULL, *task = "body_part", *seed = "1";
+    char seed_buf[24];
     const char *min_conf = "0.9";
     bool predicted = false, link_files = false, allow_missing = false;
     double ratios[3] = {0.7, 0.15, 0.15};
@@ -1049,13 +1050,15 @@ static int cmd_export(ctl *c, int argc, char **argv)
         case OPT_SEED: {
             char *end;
             errno = 0;
-            (void)strtoull(optarg, &end, 10);
-            if (errno || *end || !*optarg) {
+            unsigned long long v = strtoull(optarg, &end, 10);
+            if (errno || *end || !*optarg || optarg[0] == '-') {
                 fprintf(stderr, "export-dataset: --seed \"%s\" is not a non-negative integer\n",
                         optarg);
                 return 2;
             }
-            seed = optarg;
+            /* canonical digits: "007" and "7" are the same seed */
+            snprintf(seed_buf, sizeof(seed_buf), "%llu", v);
+            seed = seed_buf;
             break;
         }
         case OPT_LINK:
