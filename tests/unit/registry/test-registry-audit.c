@@ -518,6 +518,26 @@ static void test_hand_written_transactions(void **state)
     assert_chain_valid(reg);
 }
 
+/* A psql session holding the chain (an open transaction that changed a registry row) delays
+ * xregd's writes by at most the lock timeout, then they fail as transient (retried later). */
+static void test_chain_held_by_psql(void **state)
+{
+    (void)state;
+    PGconn *a = connect_as("aud", NULL);
+    exec_ok(a, "BEGIN; UPDATE xreg.settings SET value = value WHERE key = "
+               "'review.confidence_threshold'");
+    sample s;
+    sample_new(&s, 70, 1, "KNEE");
+    xr_error err = XR_ERROR_INIT;
+    xr_code rc = registry_instance_upsert(reg, &s.inst, ACTOR, NULL, &err);
+    assert_int_equal(rc, XR_E_TRANSIENT);
+    assert_string_equal(err.sqlstate, "55P03");
+    exec_ok(a, "COMMIT");
+    PQfinish(a);
+    upsert_ok(reg, &s, NULL, 0); /* the retry goes through */
+    assert_chain_valid(reg);
+}
+
 /* ----------------------------------------------------------------------------------------------
  * Tampering by the superuser
  */
@@ -888,6 +908,7 @@ int main(void)
         cmocka_unit_test(test_prediction_errors),
         cmocka_unit_test(test_concurrent_writers),
         cmocka_unit_test(test_hand_written_transactions),
+        cmocka_unit_test(test_chain_held_by_psql),
         cmocka_unit_test(test_tamper_edited_row),
         cmocka_unit_test(test_tamper_deleted_row),
         cmocka_unit_test(test_tamper_reordered),
