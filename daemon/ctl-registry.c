@@ -241,7 +241,8 @@ static void print_rows(FILE *f, const registry_rows *rows, out_format fmt)
     for (size_t c = 0; c < n_cols; c++) {
         width[c] = strlen(registry_rows_name(rows, c));
         for (size_t r = 0; r < n_rows; r++) {
-            size_t w = strlen(table_text(registry_rows_kind(rows, c), registry_rows_value(rows, r, c)));
+            registry_kind k = registry_rows_kind(rows, c);
+            size_t w = strlen(table_text(k, registry_rows_value(rows, r, c)));
             if (w > width[c])
                 width[c] = w;
         }

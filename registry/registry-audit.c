@@ -308,7 +308,8 @@ static xr_code verify_in_txn(registry *reg, walker *w, xr_error *err)
         broken(w, head_seq, NULL,
                "the chain head records seq %" PRId64 " but the last row is seq %" PRId64
                ": rows at the end were %s",
-               head_seq, w->last_seq, head_seq > w->last_seq ? "deleted" : "added around the chain");
+               head_seq, w->last_seq,
+               head_seq > w->last_seq ? "deleted" : "added around the chain");
     else if (w->last_seq > 0 && strcmp(head_hash, last_hex) != 0)
         broken(w, head_seq, w->last_id,
                "the chain head's hash %.16s... differs from the last row's %.16s...: the tail "
