@@ -19,6 +19,9 @@
  * errors, class 22/23, XR_E_INTERNAL otherwise), with err->sqlstate set. err->msg is one line
  * (the server's primary message with context in front); err->detail has the server's DETAIL,
  * HINT and CONTEXT, or the rest of libpq's message.
+ * Every write transaction first takes the audit chain's lock (xreg.audit_serialize, migration
+ * 0002), so writers across all xregd instances run one at a time; a wait longer than 10 s
+ * (lock_timeout) is 55P03, XR_E_TRANSIENT.
  * After a lost connection the handle stays valid: the next call reconnects (PQreset), and the
  * write functions retry once by themselves when the connection turns out to have died while
  * idle (server restarted since the last call).
