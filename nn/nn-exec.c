@@ -174,6 +174,23 @@ static xr_code plan(nn_model *m, xr_error *err)
             /* a view keeps its root alive at least as long as itself: filled below */
         }
     }
+    /* a residual accumulated by a sum post-op and read by nothing later: the step writes its
+     * result over it instead of copying it first */
+    for (size_t s = 0; s < m->n_steps; s++) {
+        nn_node *n = &g->nodes[m->steps[s]];
+        int r = n->sum_in, o = n->out[0];
+        if (r < 0 || !n->prim)
+            continue;
+        nn_value *rv = &g->values[r], *ov = &g->values[o];
+        if (rv->data || rv->is_input || rv->is_output || rv->view_of >= 0 ||
+            rv->last_use != (int)s || ov->view_of >= 0 || ov->n_bytes != rv->n_bytes)
+            continue;
+        bool viewed = false;
+        for (size_t v = 0; v < g->n_values && !viewed; v++)
+            viewed = g->values[v].view_of == r;
+        if (!viewed)
+            ov->view_of = r;
+    }
     /* propagate view lifetimes to roots (views are created after their roots) */
     for (size_t v = g->n_values; v-- > 0;) {
         nn_value *val = &g->values[v];
