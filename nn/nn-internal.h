@@ -53,6 +53,7 @@ typedef struct nn_value {
     void *data;      /* constants: owned, NN_ALIGN-aligned; NULL for runtime values */
     bool known;      /* shape and type inferred */
     bool is_input, is_output, is_initializer;
+    bool released;   /* a constant whose data went into oneDNN's own copy and was freed */
     int producer;    /* node index or -1 */
     int n_uses;      /* runtime consumers */
     int view_of;     /* runtime: shares the buffer of this value (-1: own buffer) */
