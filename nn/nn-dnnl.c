@@ -827,3 +827,26 @@ xr_code nn_layernorm_prepare(nn_graph *g, nn_node *n, xr_error *err)
 out:
     return rc;
 }
+
+/* Softmax/LogSoftmax over one axis (opset 13 form, or the coerced form on the last axis). */
+xr_code nn_softmax_prepare(nn_graph *g, nn_node *n, xr_error *err)
+{
+    xr_code rc = XR_OK;
+    const nn_value *x = IN(0);
+    if (x->dtype != NN_DTYPE_FLOAT || x->rank < 1 || x->rank > 6 ||
+        (n->a.i1 && n->a.axis != x->rank - 1))
+        return XR_OK;
+    dnnl_memory_desc_t md;
+    if ((rc = plain_md(n, &md, x->rank, x->dims, err)))
+        return rc;
+    dnnl_softmax_v2_desc_t sd;
+    CK(dnnl_softmax_v2_forward_desc_init(&sd, dnnl_forward_inference,
+                                         n->a.i0 ? dnnl_softmax_log : dnnl_softmax_accurate, &md,
+                                         &md, (int)n->a.axis),
+       "softmax desc");
+    add_arg(n, DNNL_ARG_SRC, n->in[0], &md, NULL);
+    add_arg(n, DNNL_ARG_DST, n->out[0], &md, NULL);
+    rc = finish(g, n, &sd, -1, NULL, err);
+out:
+    return rc;
+}

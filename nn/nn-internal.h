@@ -209,6 +209,7 @@ xr_code nn_dnnl_check(dnnl_status_t st, const nn_node *n, const char *what, xr_e
 xr_code nn_conv_prepare(nn_graph *g, nn_node *n, xr_error *err);
 xr_code nn_matmul_prepare(nn_graph *g, nn_node *n, xr_error *err);
 xr_code nn_layernorm_prepare(nn_graph *g, nn_node *n, xr_error *err);
+xr_code nn_softmax_prepare(nn_graph *g, nn_node *n, xr_error *err);
 xr_code nn_pool_prepare(nn_graph *g, nn_node *n, xr_error *err);
 xr_code nn_binary_prepare(nn_graph *g, nn_node *n, xr_error *err);
 xr_code nn_dnnl_run(const nn_graph *g, const nn_node *n, nn_exec *x, xr_error *err);
