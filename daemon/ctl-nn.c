@@ -37,12 +37,12 @@ static void print_tensor(const nn_tensor_info *t)
 {
     printf("  %s: %s [", t->name, nn_dtype_name(t->dtype));
     for (int d = 0; d < t->rank; d++) {
+        if (d)
+            printf(", ");
         if (d == 0 && t->batch_dynamic)
             printf("batch");
         else
-            printf("%s%lld", d ? ", " : "", (long long)t->dims[d]);
-        if (d == 0 && t->batch_dynamic && t->rank > 1)
-            printf(", ");
+            printf("%lld", (long long)t->dims[d]);
     }
     printf("]\n");
 }
