@@ -233,6 +233,9 @@ static xr_code plan(nn_model *m, xr_error *err)
     }
     m->arena_bytes = f.top;
     free(f.b);
+    if (!rc && m->arena_bytes > NN_ARENA_MAX_BYTES)
+        rc = xr_error_set(err, XR_E_LIMIT, "activations need %zu bytes per sample, at most %llu",
+                          m->arena_bytes, (unsigned long long)NN_ARENA_MAX_BYTES);
     for (size_t s = 0; s < m->n_steps; s++) {
         nn_node *n = &g->nodes[m->steps[s]];
         if (n->scratch_bytes > m->scratch_bytes)

@@ -28,8 +28,13 @@
 #define NN_OPSET_MAX 17
 /* A model file: protobuf's own 2 GiB ceiling. */
 #define NN_MODEL_MAX_BYTES (INT32_MAX)
-/* One tensor (initializer, constant or activation): 2^31 elements, 8 GiB of float. */
+/* One tensor (initializer, constant or activation): 2^31 elements and 1 GiB, far above any
+ * classifier's (ViT-L's largest weight is 150 MB), so a hostile shape cannot make us allocate
+ * more than that per tensor. */
 #define NN_TENSOR_MAX_ELEMS (INT64_C(1) << 31)
+#define NN_TENSOR_MAX_BYTES (UINT64_C(1) << 30)
+/* A session's activation arena for one sample (ResNet-101 at 224 needs ~11 MiB). */
+#define NN_ARENA_MAX_BYTES (UINT64_C(4) << 30)
 /* Graph size: far above any classifier (ViT-B/16 unfolded has ~2,000 nodes). */
 #define NN_MAX_NODES 100000
 #define NN_MAX_VALUES 400000

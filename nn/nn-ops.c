@@ -135,6 +135,10 @@ xr_code nn_value_shape(nn_value *val, nn_dtype dt, int rank, const int64_t *dims
         count *= dims[i];
         val->dims[i] = dims[i];
     }
+    if ((uint64_t)count * nn_elem_size(dt) > NN_TENSOR_MAX_BYTES)
+        return xr_error_set(err, XR_E_LIMIT, "tensor \"%s\" would take %llu bytes, at most %llu",
+                            val->name, (unsigned long long)count * nn_elem_size(dt),
+                            (unsigned long long)NN_TENSOR_MAX_BYTES);
     val->dtype = dt;
     val->rank = rank;
     val->n_elems = count;

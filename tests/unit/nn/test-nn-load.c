@@ -342,6 +342,13 @@ static void test_tensor_data_checked(void **state)
     b.inits[0].n_dims = 3;
     b.inits[0].dims = huge;
     assert_int_equal(load_b(&b, NULL, &m, &err), XR_E_LIMIT);
+    /* within the element limit but past the byte limit (2^28 floats = 1 GiB + 4 bytes) */
+    relu_add_model(&b, false);
+    static int64_t big[2] = {(INT64_C(1) << 28) + 1, 1};
+    b.inits[0].n_dims = 2;
+    b.inits[0].dims = big;
+    assert_int_equal(load_b(&b, NULL, &m, &err), XR_E_LIMIT);
+    assert_non_null(strstr(err.msg, "bytes, at most"));
     /* unsupported type */
     relu_add_model(&b, false);
     b.inits[0].data_type = NN_DTYPE_STRING;
