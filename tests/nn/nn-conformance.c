@@ -179,7 +179,7 @@ static xr_code load_model(const char *path, char **names, size_t n_names, const 
 
 static result run_case(const char *dir, char *why, size_t why_n)
 {
-    char path[4200];
+    char path[4300];
     snprintf(path, sizeof(path), "%s/model.onnx", dir);
     size_t n;
     uint8_t *buf = slurp(path, &n);
