@@ -164,8 +164,9 @@ static int cmd_run(const char *path, const char *in_path, const char *out_path, 
     void **outs = NULL;
     nn_tensor_info ti;
     xr_error err = XR_ERROR_INIT;
-    /* first load tells the sample size; the batch then comes from the input length */
-    if ((rc = load(path, 1, &m)))
+    /* the batch comes from the input length; plans are per sample, so allowing the largest
+     * batch costs nothing but the load-time check that samples do not mix */
+    if ((rc = load(path, 1024, &m)))
         goto out;
     rc = 1;
     if (nn_model_n_inputs(m) != 1 || !nn_model_input(m, 0, &ti) || ti.dtype != NN_DTYPE_FLOAT) {
@@ -177,18 +178,18 @@ static int cmd_run(const char *path, const char *in_path, const char *out_path, 
                 "of float32 for input \"%s\")\n", in_path, n_in, ti.sample_bytes, ti.name);
         goto out;
     }
-    uint32_t batch = (uint32_t)(n_in / ti.sample_bytes);
-    if (batch > 1 && !ti.batch_dynamic) {
-        fprintf(stderr, "xregctl: \"%s\" holds %u samples but the model's batch is fixed\n",
-                in_path, batch);
+    size_t n_samples = n_in / ti.sample_bytes;
+    if (n_samples > 1 && !ti.batch_dynamic) {
+        fprintf(stderr, "xregctl: \"%s\" holds %zu samples but the model's batch is fixed\n",
+                in_path, n_samples);
         goto out;
     }
-    if (batch > 1) {
-        m = nn_model_free(m);
-        if ((rc = load(path, batch, &m)))
-            goto out;
-        rc = 1;
+    if (n_samples > nn_model_max_batch(m)) {
+        fprintf(stderr, "xregctl: \"%s\" holds %zu samples, at most %u per run\n", in_path,
+                n_samples, nn_model_max_batch(m));
+        goto out;
     }
+    uint32_t batch = (uint32_t)n_samples;
     if (nn_session_new(m, threads, &s, &err)) {
         fprintf(stderr, "xregctl: %s\n", err.msg);
         goto out;
