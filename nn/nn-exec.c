@@ -384,20 +384,42 @@ static int batch_axis(const nn_value *a, const nn_value *b)
     return ax;
 }
 
-static xr_code check_batch(const nn_graph *g1, const nn_graph *g2, xr_error *err)
+/* What check_batch needs of the batch-2 graph: shapes only, so that graph is freed before the
+ * batch-1 one is built (peak memory: one copy of the constants, not two). */
+typedef struct shape_rec {
+    int rank;
+    bool is_const;
+    int64_t dims[NN_MAX_RANK];
+} shape_rec;
+
+static shape_rec *shapes_of(const nn_graph *g)
 {
-    if (g1->n_values != g2->n_values)
+    shape_rec *r = calloc(g->n_values + 1, sizeof(shape_rec));
+    for (size_t i = 0; r && i < g->n_values; i++) {
+        r[i].rank = g->values[i].rank;
+        r[i].is_const = g->values[i].data != NULL;
+        memcpy(r[i].dims, g->values[i].dims, sizeof(r[i].dims));
+    }
+    return r;
+}
+
+static xr_code check_batch(const nn_graph *g1, const shape_rec *g2, size_t n_values2,
+                           xr_error *err)
+{
+    if (g1->n_values != n_values2)
         return xr_error_set(err, XR_E_INTERNAL, "graph differs between batch sizes");
     int *bax = calloc(g1->n_values + 1, sizeof(int));
     if (!bax)
         return xr_error_set(err, XR_E_NOMEM, "out of memory");
     xr_code rc = XR_OK;
     for (size_t i = 0; i < g1->n_values && !rc; i++) {
-        const nn_value *a = &g1->values[i], *b = &g2->values[i];
+        const nn_value *a = &g1->values[i];
+        nn_value b = {.rank = g2[i].rank};
+        memcpy(b.dims, g2[i].dims, sizeof(b.dims));
         bax[i] = -1;
-        if (a->data || !a->known || b->data)
+        if (a->data || !a->known || g2[i].is_const)
             continue;
-        bax[i] = batch_axis(a, b);
+        bax[i] = batch_axis(a, &b);
         if (bax[i] < 0 || ((a->is_input || a->is_output) && bax[i] != 0))
             rc = xr_error_set(err, XR_E_UNSUPPORTED,
                               "tensor \"%s\" does not scale with the batch on one axis%s, so "
@@ -488,17 +510,30 @@ static xr_code compile(nn_model *m, Onnx__ModelProto **mpp, const char *base_dir
     const Onnx__ModelProto *mp = *mpp;
     xr_code rc;
     bool dyn = false;
-    if ((rc = nn_graph_build(mp, base_dir, 1, p, &m->g, &dyn, err)))
+    shape_rec *s2 = NULL;
+    size_t n2 = 0;
+    if (p->max_batch > 1) {
+        /* batch 2 first (only its shapes are kept); a model without a symbolic batch gives
+         * the same graph, and the result is dropped */
+        nn_graph g2;
+        if ((rc = nn_graph_build(mp, base_dir, 2, p, &g2, &dyn, err)))
+            return rc;
+        if (dyn && !(s2 = shapes_of(&g2))) {
+            nn_graph_done(&g2);
+            return xr_error_set(err, XR_E_NOMEM, "out of memory");
+        }
+        n2 = g2.n_values;
+        nn_graph_done(&g2);
+    }
+    if ((rc = nn_graph_build(mp, base_dir, 1, p, &m->g, &dyn, err))) {
+        free(s2);
         return rc;
+    }
     m->dynamic = dyn;
     m->max_batch = dyn ? p->max_batch : 1;
-    if (dyn && p->max_batch > 1) {
-        nn_graph g2;
-        bool d2;
-        if ((rc = nn_graph_build(mp, base_dir, 2, p, &g2, &d2, err)))
-            return rc;
-        rc = check_batch(&m->g, &g2, err);
-        nn_graph_done(&g2);
+    if (s2) {
+        rc = check_batch(&m->g, s2, n2, err);
+        free(s2);
         if (rc)
             return rc;
     }
