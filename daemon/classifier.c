@@ -535,13 +535,13 @@ static size_t check(const nn_model *m, classifier *c, check_ctx *cx)
                              nn_resize_mode_name(sp->resize));
             for (uint32_t i = 0; i < sp->channels && k > 0 && (size_t)k < sizeof(c->fingerprint);
                  i++)
-                k += snprintf(c->fingerprint + k, sizeof(c->fingerprint) - (size_t)k, "%s%.9g",
+                k += snprintf(c->fingerprint + k, sizeof(c->fingerprint) - (size_t)k, "%s%g",
                               i ? "," : "", sp->mean[i]);
             if (k > 0 && (size_t)k < sizeof(c->fingerprint))
                 k += snprintf(c->fingerprint + k, sizeof(c->fingerprint) - (size_t)k, " std=");
             for (uint32_t i = 0; i < sp->channels && k > 0 && (size_t)k < sizeof(c->fingerprint);
                  i++)
-                k += snprintf(c->fingerprint + k, sizeof(c->fingerprint) - (size_t)k, "%s%.9g",
+                k += snprintf(c->fingerprint + k, sizeof(c->fingerprint) - (size_t)k, "%s%g",
                               i ? "," : "", sp->std[i]);
             mt.preproc_fingerprint = c->fingerprint;
             c->meta = mt;
@@ -561,7 +561,7 @@ size_t classifier_check_model(const nn_model *m,
 
 /* ------------------------------------------------------------------------------------------ */
 
-static xr_code file_sha256(const char *path, char out[65], xr_error *err)
+xr_code classifier_file_sha256(const char *path, char out[65], xr_error *err)
 {
     FILE *f = fopen(path, "rb");
     if (!f)
@@ -637,7 +637,7 @@ xr_code classifier_load(const char *path, uint32_t max_batch, classifier **ret, 
     }
     c->meta.path = path;
     c->meta.max_batch = nn_model_max_batch(c->model);
-    if ((rc = file_sha256(path, c->meta.sha256, err)))
+    if ((rc = classifier_file_sha256(path, c->meta.sha256, err)))
         goto out;
     /* Warm-up: the first run pays for oneDNN's JIT and page faults; it also proves the outputs
      * are usable before the model is put in service. */

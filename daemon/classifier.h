@@ -184,6 +184,11 @@ __attribute__((warn_unused_result)) xr_code classifier_run(classifier_session *s
                                                            uint32_t n_batch, const float *inputs,
                                                            float *probs, xr_error *err);
 
+/* sha256 of a file as 64 lower-case hex digits + NUL; XR_E_IO. */
+__attribute__((warn_unused_result)) xr_code classifier_file_sha256(const char *path,
+                                                                   char ret_hex[65],
+                                                                   xr_error *err);
+
 /* Numerically stable softmax of n values, in place (double accumulation). Exposed for tests
  * and for eval over stored logits. */
 void classifier_softmax(float *v, size_t n);

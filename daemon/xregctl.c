@@ -11,6 +11,7 @@
 #include "config.h"
 #include "ctl-dicom.h"
 #include "ctl-meanstd.h"
+#include "ctl-model.h"
 #include "ctl-registry.h"
 #include "ctl-nn.h"
 #include "log.h"
@@ -33,6 +34,7 @@ static void usage(FILE *f)
             "  mean-std DIR...  per-channel mean/std of a dataset (see mean-std --help)\n");
     ctl_registry_usage(f);
     ctl_nn_usage(f);
+    ctl_model_usage(f);
     fprintf(f,
             "\nOptions:\n"
             "  -c, --config PATH  configuration file (default %s/xregd.yaml)\n"
@@ -260,6 +262,8 @@ int main(int argc, char **argv)
         log_setup(o.quiet ? XR_LOG_WARNING : XR_LOG_NOTICE);
         return ctl_registry_main(o.config_path, o.quiet, sargc, sargv);
     }
+    if (strcmp(cmd, "model-info") == 0)
+        return ctl_model_info(sargc, sargv);
     if (strncmp(cmd, "nn-", 3) == 0)
         return ctl_nn_main(sargc, sargv);
     optind = 0;
