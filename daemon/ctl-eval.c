@@ -116,7 +116,7 @@ static void json_str(FILE *f, const char *s)
 static void json_num(FILE *f, double v, bool defined)
 {
     if (defined && isfinite(v))
-        fprintf(f, "%.10g", v);
+        fprintf(f, "%.17g", v);
     else
         fputs("null", f);
 }
@@ -1076,7 +1076,7 @@ static void write_metrics_json(FILE *f, const candidate *c, const eval_result *r
         for (size_t i = 0; i < r->n_roc; i++) {
             fprintf(f, "%s[", i ? ", " : "");
             json_num(f, r->roc[i].threshold, isfinite(r->roc[i].threshold));
-            fprintf(f, ", %.10g, %.10g]", r->roc[i].fpr, r->roc[i].tpr);
+            fprintf(f, ", %.17g, %.17g]", r->roc[i].fpr, r->roc[i].tpr);
         }
         fprintf(f, "]}");
     }
