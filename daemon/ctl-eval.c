@@ -643,6 +643,16 @@ out:
     return rc;
 }
 
+/* path equals key, or ends with "/" + key (tools/train.py's probs/ name files relative to the
+ * dataset root: "test/present/x.png" matches "DATASET/test/present/x.png"). */
+static bool path_suffix(const char *path, const char *key)
+{
+    size_t lp = strlen(path), lk = strlen(key);
+    if (lk == 0 || lk > lp)
+        return false;
+    return strcmp(path + lp - lk, key) == 0 && (lk == lp || path[lp - lk - 1] == '/');
+}
+
 /* Candidate from a predictions CSV: key column + one column per label. */
 static int read_pred_csv(candidate *c, truth_set *t, const eval_opts *o)
 {
@@ -693,7 +703,8 @@ static int read_pred_csv(candidate *c, truth_set *t, const eval_opts *o)
         col[j] = -1;
         for (size_t i = 0; i < r.n; i++)
             if (strcasecmp(r.f[i], c->labels[j]) == 0 ||
-                (strncasecmp(r.f[i], "p_", 2) == 0 && strcasecmp(r.f[i] + 2, c->labels[j]) == 0))
+                (strncasecmp(r.f[i], "p_", 2) == 0 && strcasecmp(r.f[i] + 2, c->labels[j]) == 0) ||
+                (strncasecmp(r.f[i], "prob_", 5) == 0 && strcasecmp(r.f[i] + 5, c->labels[j]) == 0))
                 col[j] = (int)i;
         if (col[j] < 0) {
             fprintf(stderr, "xregctl: \"%s\": no column for label \"%s\" in the header\n", path,
@@ -723,7 +734,7 @@ static int read_pred_csv(candidate *c, truth_set *t, const eval_opts *o)
         for (size_t i = 0; i < t->n; i++) {
             sample *sm = &t->s[i];
             if (strcmp(sm->key, key) != 0 && !(sm->uid && strcmp(sm->uid, key) == 0) &&
-                !(sm->path && strcmp(sm->path, key) == 0))
+                !(sm->path && path_suffix(sm->path, key)))
                 continue;
             for (size_t j = 0; j < k; j++) {
                 const char *v = (size_t)col[j] < r.n ? r.f[col[j]] : "";
@@ -1394,6 +1405,11 @@ int ctl_eval_main(const char *config_path, int argc, char **argv)
                 for (size_t j = 0; j < c->n_labels; j++)
                     fprintf(stderr, "%s%s", j ? ", " : "", c->labels[j]);
                 fprintf(stderr, ")\n");
+                if (data_dir && (strcmp(t.s[i].label, "train") == 0 ||
+                                 strcmp(t.s[i].label, "test") == 0 ||
+                                 strcmp(t.s[i].label, "validation") == 0))
+                    fprintf(stderr, "hint: \"%s\" looks like a split dataset: pass --data "
+                            "%s/test\n", data_dir, data_dir);
                 goto out;
             }
         }

@@ -357,6 +357,24 @@ def test_eval_folder_matches_python(trained, tmp_path):
                         '--labels', 'absent,present', '--positive', 'present', '--json').stdout)
     assert j2['log_loss'] == pytest.approx(j['log_loss'], abs=1e-7)
     assert j2['binary']['auc'] == pytest.approx(j['binary']['auc'], abs=1e-12)
+    # tools/train.py's probs/<split>.csv (file relative to the dataset root, label, prob_<l>)
+    # works as a candidate over the folder and as the ground truth itself
+    probs_csv = tmp_path / 'test.csv'
+    root = trained['dir']
+    with open(probs_csv, 'w', newline='') as f:
+        w = csv.writer(f)
+        w.writerow(['file', 'label', 'prob_absent', 'prob_present'])
+        for r_ in rows:
+            w.writerow([os.path.relpath(r_['key'], root), r_['truth'], r_['absent'],
+                        r_['present']])
+    for truth in (['--data', test_dir], ['--truth', probs_csv]):
+        j3 = json.loads(run('eval', *truth, f'csv:{probs_csv}', '--labels', 'absent,present',
+                            '--positive', 'present', '--json').stdout)
+        assert j3['n'] == 50
+        assert j3['log_loss'] == pytest.approx(j['log_loss'], abs=1e-7)
+    # the thesis's split layout given whole: a hint
+    r = run('eval', '--data', root, trained['model'], check=False)
+    assert r.returncode == 1 and f'pass --data {root}/test' in r.stderr
 
 
 def test_eval_folder_unreadable(trained, tmp_path):
