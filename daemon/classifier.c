@@ -25,6 +25,7 @@
 struct classifier {
     nn_model *model;
     classifier_meta meta;
+    char *path;       /* a copy: the caller's string may go away after load */
     char *labels_buf; /* the labels, NUL-separated */
     const char **labels;
     const char **terms;
@@ -635,7 +636,11 @@ xr_code classifier_load(const char *path, uint32_t max_batch, classifier **ret, 
                             "them", n, path);
         goto out;
     }
-    c->meta.path = path;
+    if (!(c->path = strdup(path))) {
+        rc = xr_error_set(err, XR_E_NOMEM, "out of memory");
+        goto out;
+    }
+    c->meta.path = c->path;
     c->meta.max_batch = nn_model_max_batch(c->model);
     if ((rc = classifier_file_sha256(path, c->meta.sha256, err)))
         goto out;
@@ -671,6 +676,7 @@ classifier *classifier_free(classifier *c)
     if (!c)
         return NULL;
     nn_model_free(c->model);
+    free(c->path);
     free(c->labels_buf);
     free(c->labels);
     free(c->terms);

@@ -74,7 +74,7 @@ const char *classifier_body_part_term(const char *label);
 
 /* Everything the metadata says, parsed. Strings are borrowed until classifier_free. */
 typedef struct classifier_meta {
-    const char *path;   /* as given to classifier_load */
+    const char *path;   /* as given to classifier_load (a copy) */
     char sha256[65];    /* of the file, lower-case hex */
     classifier_task task;
     const char *name, *version;

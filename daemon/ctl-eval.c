@@ -1367,6 +1367,7 @@ int ctl_eval_main(const char *config_path, int argc, char **argv)
     float *probs = NULL;
     db_conn db = {0};
     xr_error err = XR_ERROR_INIT;
+    bool dicom_up = false;
     if (!cands || !rank) {
         fprintf(stderr, "xregctl: out of memory\n");
         goto out;
@@ -1375,6 +1376,7 @@ int ctl_eval_main(const char *config_path, int argc, char **argv)
         print_err(NULL, &err);
         goto out;
     }
+    dicom_up = true;
     if (truth_csv ? read_truth_csv(truth_csv, &t) : read_truth_dir(data_dir, &t))
         goto out;
     if (!(t.source = strdup(truth_csv ? truth_csv : data_dir)))
@@ -1636,5 +1638,7 @@ out:
     free(probs);
     truth_free(&t);
     db_close(&db);
+    if (dicom_up)
+        dicom_global_done();
     return rc;
 }
