@@ -1386,12 +1386,16 @@ int ctl_eval_main(const char *config_path, int argc, char **argv)
         candidate *c = &cands[ci];
         c->spec = argv[optind + (int)ci];
         int r;
-        if (strncmp(c->spec, "registry:", 9) == 0)
+        if (strncmp(c->spec, "registry:", 9) == 0) {
+            c->kind = CAND_REGISTRY;
             r = read_registry(c, &t, &db, &o);
-        else if (strncmp(c->spec, "csv:", 4) == 0)
+        } else if (strncmp(c->spec, "csv:", 4) == 0) {
+            c->kind = CAND_CSV;
             r = read_pred_csv(c, &t, &o);
-        else
+        } else {
+            c->kind = CAND_MODEL;
             r = run_model(c, &t, &o);
+        }
         if (r)
             goto out;
         if (o.threshold_given)
@@ -1457,6 +1461,14 @@ int ctl_eval_main(const char *config_path, int argc, char **argv)
         fprintf(stderr, "xregctl: none of the %zu ground-truth rows has a prediction%s (keys "
                 "are matched by SOP Instance UID or file path)\n", t.n,
                 n_cand > 1 ? " from every candidate" : "");
+        bool uid_rows = false, model = false;
+        for (size_t i = 0; i < t.n; i++)
+            uid_rows |= !t.s[i].path;
+        for (size_t ci = 0; ci < n_cand; ci++)
+            model |= cands[ci].kind == CAND_MODEL;
+        if (uid_rows && model)
+            fprintf(stderr, "hint: rows keyed by SOP Instance UID have no file to run a model "
+                    "on; use registry:NAME, or key the CSV by file path\n");
         goto out;
     }
     if (o.strict) {

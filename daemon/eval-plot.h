@@ -6,10 +6,15 @@
  */
 #pragma once
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "xr-error.h"
 #include "eval-stats.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
 
 typedef struct eval_plot_curve {
     const char *name; /* legend */
@@ -37,3 +42,7 @@ __attribute__((warn_unused_result)) xr_code eval_plot_reliability(const char *pa
                                                                   const char *y_label,
                                                                   const char *title,
                                                                   xr_error *err);
+
+#ifdef __cplusplus
+}
+#endif

@@ -234,6 +234,9 @@ def test_degenerate(tmp_path):
     r = run('eval', '--truth', tmp_path / 'empty.csv', f'csv:{p}', '--labels', 'absent,present',
             check=False)
     assert r.returncode == 1 and 'no ground-truth rows' in r.stderr
+    # UID rows cannot be run through a model: say so
+    r = run('eval', '--truth', t2, os.path.join(MODELS, 'good-implant.onnx'), check=False)
+    assert r.returncode == 1 and 'use registry:NAME' in r.stderr
     # usage
     assert run('eval', f'csv:{p}', check=False).returncode == 2
     assert run('eval', '--truth', t, check=False).returncode == 2
