@@ -887,6 +887,40 @@ static int read_registry(candidate *c, truth_set *t, db_conn *d, const eval_opts
     snprintf(sha_buf, sizeof(sha_buf), "%s", c->sha256);
     rows = registry_rows_free(rows);
 
+    /* The threshold the daemon was configured with, when the registry records it per prediction
+     * (migration 0004's xreg.prediction.threshold); else the model's xreg.threshold. */
+    const char *p_thr[2] = {name, sha_buf};
+    if (registry_select(d->reg,
+                        "SELECT count(*) FROM information_schema.columns WHERE table_schema = "
+                        "'xreg' AND table_name = 'prediction' AND column_name = 'threshold'",
+                        0, NULL, &rows, &err)) {
+        print_err("database", &err);
+        goto out;
+    }
+    bool has_thr = strcmp(registry_rows_value(rows, 0, 0), "0") != 0;
+    rows = registry_rows_free(rows);
+    if (c->positive >= 0 && has_thr) {
+        if (registry_select(d->reg,
+                            "SELECT DISTINCT p.threshold::text FROM xreg.prediction p "
+                            "JOIN xreg.model m ON m.id = p.model_ref WHERE m.name = $1 AND "
+                            "m.sha256 = $2 AND p.threshold IS NOT NULL ORDER BY 1",
+                            2, p_thr, &rows, &err)) {
+            print_err("database", &err);
+            goto out;
+        }
+        size_t nt = registry_rows_count(rows);
+        if (nt == 1) {
+            double v = strtod(registry_rows_value(rows, 0, 0), NULL);
+            if (v > 0 && v < 1)
+                c->threshold = v;
+        } else if (nt > 1 && !o->threshold_given) {
+            fprintf(stderr, "xregctl: note: the predictions of \"%s\" were labelled at %zu "
+                    "different thresholds; evaluating at the model's %g (pass --threshold)\n",
+                    name, nt, c->threshold);
+        }
+        rows = registry_rows_free(rows);
+    }
+
     /* UIDs of file samples */
     for (size_t i = 0; i < t->n; i++) {
         sample *sm = &t->s[i];

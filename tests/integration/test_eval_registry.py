@@ -111,3 +111,27 @@ def test_eval_registry_errors(registry, xregd, db, workdir):
     r = run_xregctl("eval", "-c", cfg, "--truth", str(workdir / "truth.csv"),
                     "registry:impl@" + "d" * 64)
     assert r.returncode == 1 and "none of the 16 ground-truth rows has a prediction" in r.stderr
+
+
+def test_eval_registry_threshold_recorded(registry, xregd, db, workdir):
+    """When the registry records the threshold each prediction was labelled at (migration 0004
+    on the classify branch adds xreg.prediction.threshold), eval uses it by default."""
+    files, truth, _ = registry
+    cfg = str(xregd.config_path)
+    _write_truth(workdir / "truth.csv", truth)
+    db.execute("ALTER TABLE xreg.prediction ADD COLUMN IF NOT EXISTS threshold real")
+    db.execute("UPDATE xreg.prediction SET threshold = 0.25")
+    r = run_xregctl("eval", "-c", cfg, "--truth", str(workdir / "truth.csv"), "registry:impl",
+                    "--json", timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["binary"]["at_threshold"]["threshold"] == pytest.approx(0.25)
+    r = run_xregctl("eval", "-c", cfg, "--truth", str(workdir / "truth.csv"), "registry:impl",
+                    "--threshold", "0.6", "--json", timeout=120)
+    assert json.loads(r.stdout)["binary"]["at_threshold"]["threshold"] == pytest.approx(0.6)
+    uid = sorted(truth)[0]
+    db.execute("UPDATE xreg.prediction SET threshold = 0.35 WHERE instance_ref = "
+               "(SELECT id FROM xreg.instance WHERE sop_instance_uid = %s)", (uid,))
+    r = run_xregctl("eval", "-c", cfg, "--truth", str(workdir / "truth.csv"), "registry:impl",
+                    "--json", timeout=120)
+    assert r.returncode == 0 and "2 different thresholds" in r.stderr
+    assert json.loads(r.stdout)["binary"]["at_threshold"]["threshold"] == pytest.approx(0.4)
