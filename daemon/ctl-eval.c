@@ -247,6 +247,7 @@ typedef struct sample {
 typedef struct truth_set {
     sample *s;
     size_t n, cap;
+    size_t n_skipped; /* files of the label folders that are not images */
     char *source;
 } truth_set;
 
@@ -406,7 +407,27 @@ static int walk(const char *dir, char ***paths, size_t *n, size_t *cap)
     return rc;
 }
 
-static int read_truth_dir(const char *dir, truth_set *t)
+/* An image by its content, as xregctl mean-std decides: PNG/JPEG signature, the DICOM preamble,
+ * or a data set dicom_header_read accepts (bare implicit VR files). READMEs, CSVs, TIFFs: no. */
+static bool is_image(const char *path)
+{
+    unsigned char b[132] = {0};
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return true; /* let the reader report why */
+    size_t n = fread(b, 1, sizeof(b), f);
+    fclose(f);
+    nn_image_format fmt = nn_image_format_detect(b, n);
+    if (fmt == NN_IMAGE_FORMAT_PNG || fmt == NN_IMAGE_FORMAT_JPEG ||
+        (n == 132 && memcmp(b + 128, "DICM", 4) == 0))
+        return true;
+    dicom_header h;
+    xr_error err = XR_ERROR_INIT;
+    return dicom_header_read(path, &h, &err) == XR_OK ||
+           !(err.code == XR_E_INPUT && strstr(err.msg, "not a DICOM file"));
+}
+
+static int read_truth_dir(const char *dir, truth_set *t, bool verbose)
 {
     DIR *d = opendir(dir);
     if (!d) {
@@ -453,6 +474,12 @@ static int read_truth_dir(const char *dir, truth_set *t)
         for (size_t k = 0; k < n; k++) {
             if (!wr && add_sample(t, paths[k], paths[k], NULL, labels[i]))
                 wr = 1;
+            if (!wr && !is_image(paths[k])) {
+                t->s[t->n - 1].skipped = true;
+                t->n_skipped++;
+                if (verbose)
+                    fprintf(stderr, "skipped (not an image): %s\n", paths[k]);
+            }
             free(paths[k]);
         }
         free(paths);
@@ -1034,7 +1061,7 @@ static void write_metrics_json(FILE *f, const candidate *c, const eval_result *r
     }
     fprintf(f, "],\n  \"n\": %zu, \"n_truth_rows\": %zu, \"n_without_prediction\": %zu, "
             "\"n_unreadable\": %zu, \"n_skipped\": %zu,\n",
-            n_used, t->n, c->n_missing, c->n_unreadable, c->n_skipped);
+            n_used, t->n, c->n_missing, c->n_unreadable, c->n_skipped + t->n_skipped);
     fprintf(f, "  \"accuracy\": ");
     json_num(f, r->accuracy, true);
     fprintf(f, ", \"log_loss\": ");
@@ -1140,7 +1167,8 @@ static void write_report(FILE *f, const candidate *c, const eval_result *r, cons
         fprintf(f, "!!! PLACEHOLDER MODEL, results must not be trusted: %s\n", c->placeholder);
     fprintf(f, "ground truth: %s (%zu rows)\n", t->source, t->n);
     fprintf(f, "evaluated: %zu samples (%zu without prediction, %zu unreadable, %zu skipped as "
-            "not images)\n", n_used, c->n_missing, c->n_unreadable, c->n_skipped);
+            "not images)\n", n_used, c->n_missing, c->n_unreadable,
+            c->n_skipped + t->n_skipped);
     fprintf(f, "accuracy: %s   log loss: %s   Cohen's kappa: %s\n",
             fmt(b1, sizeof(b1), r->accuracy, true), fmt(b2, sizeof(b2), r->log_loss, true),
             fmt(b3, sizeof(b3), r->kappa, r->kappa_defined));
@@ -1411,7 +1439,7 @@ int ctl_eval_main(const char *config_path, int argc, char **argv)
         goto out;
     }
     dicom_up = true;
-    if (truth_csv ? read_truth_csv(truth_csv, &t) : read_truth_dir(data_dir, &t))
+    if (truth_csv ? read_truth_csv(truth_csv, &t) : read_truth_dir(data_dir, &t, o.verbose))
         goto out;
     if (!(t.source = strdup(truth_csv ? truth_csv : data_dir)))
         goto out;
