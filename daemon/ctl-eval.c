@@ -1086,6 +1086,21 @@ static void write_metrics_json(FILE *f, const candidate *c, const eval_result *r
         json_num(f, ec->recall, ec->recall_defined);
         fprintf(f, ", \"f1\": ");
         json_num(f, ec->f1, ec->f1_defined);
+        if (!r->binary) {
+            fprintf(f, ", \"auc_ovr\": ");
+            json_num(f, ec->auc.value, ec->auc.defined);
+            fprintf(f, ", \"auc_ovr_ci95\": [");
+            json_num(f, ec->auc.lo, ec->auc.ci_defined);
+            fprintf(f, ", ");
+            json_num(f, ec->auc.hi, ec->auc.ci_defined);
+            fprintf(f, "], \"roc_ovr\": [");
+            for (size_t q = 0; q < ec->n_roc; q++) {
+                fprintf(f, "%s[", q ? ", " : "");
+                json_num(f, ec->roc[q].threshold, isfinite(ec->roc[q].threshold));
+                fprintf(f, ", %.17g, %.17g]", ec->roc[q].fpr, ec->roc[q].tpr);
+            }
+            fprintf(f, "]");
+        }
         fprintf(f, "}");
     }
     fprintf(f, "\n  },\n  \"confusion_matrix\": {\"rows\": \"truth\", \"columns\": "
@@ -1191,6 +1206,19 @@ static void write_report(FILE *f, const candidate *c, const eval_result *r, cons
             fmt(b2, sizeof(b2), r->macro_recall, r->macro_recall_defined),
             fmt(b3, sizeof(b3), r->macro_f1, r->macro_f1_defined));
     fprintf(f, "(n/a: no sample of the class (recall) or no prediction of it (precision))\n");
+    if (!r->binary) {
+        fprintf(f, "\none-vs-rest AUC of p(class) (95%% CI, DeLong)\n");
+        for (size_t i = 0; i < c->n_labels; i++) {
+            const eval_class *ec = &r->classes[i];
+            fprintf(f, "%-16s %s", c->labels[i],
+                    fmt(b1, sizeof(b1), ec->auc.value, ec->auc.defined));
+            if (ec->auc.ci_defined)
+                fprintf(f, " (%.4f-%.4f)\n", ec->auc.lo, ec->auc.hi);
+            else
+                fprintf(f, "%s\n", ec->auc.defined ? " (CI n/a: fewer than 2 samples)"
+                                                   : " (no sample of the class, or only it)");
+        }
+    }
     fprintf(f, "\nconfusion matrix (rows: truth, columns: predicted)\n%-16s", "");
     for (size_t j = 0; j < c->n_labels; j++)
         fprintf(f, " %10.10s", c->labels[j]);
@@ -1323,6 +1351,23 @@ static int write_outputs(const char *dir, const candidate *c, const truth_set *t
         snprintf(title, sizeof(title), "%s: ROC (n=%zu)", c->name, n_used);
         snprintf(p, sizeof(p), "%s/roc.png", dir);
         if (eval_plot_roc(p, &cv, 1, title, &err))
+            goto fail;
+    } else {
+        eval_plot_curve *cv = calloc(k, sizeof(eval_plot_curve));
+        if (!cv) {
+            fprintf(stderr, "xregctl: out of memory\n");
+            return 1;
+        }
+        for (size_t j = 0; j < k; j++)
+            cv[j] = (eval_plot_curve){.name = c->labels[j], .points = r->classes[j].roc,
+                                      .n_points = r->classes[j].n_roc,
+                                      .auc = r->classes[j].auc.value,
+                                      .auc_defined = r->classes[j].auc.defined};
+        snprintf(title, sizeof(title), "%s: ROC one-vs-rest (n=%zu)", c->name, n_used);
+        snprintf(p, sizeof(p), "%s/roc.png", dir);
+        xr_code prc = eval_plot_roc(p, cv, k, title, &err);
+        free(cv);
+        if (prc)
             goto fail;
     }
     return 0;
@@ -1577,7 +1622,7 @@ int ctl_eval_main(const char *config_path, int argc, char **argv)
             goto out;
         if (out_dir && !json)
             printf("\nwritten to %s: metrics.json predictions.csv report.txt confusion.png "
-                   "reliability.png%s\n", out_dir, c->res->binary ? " roc.png" : "");
+                   "reliability.png roc.png\n", out_dir);
         rc = 0;
         goto out;
     }
