@@ -166,6 +166,8 @@ static int csv_next(FILE *in, csv_row *r, size_t *line_no)
         r->line[--l] = '\0';
     r->n = 0;
     char *p = r->line, *w;
+    if (*line_no == 1 && strncmp(p, "\xEF\xBB\xBF", 3) == 0)
+        p += 3; /* a UTF-8 byte order mark (spreadsheet exports) */
     for (;;) {
         if (r->n == r->cap) {
             size_t nc = r->cap ? 2 * r->cap : 16;

@@ -246,6 +246,12 @@ def test_degenerate(tmp_path):
     r = run('eval', '--truth', tmp_path / 'empty.csv', f'csv:{p}', '--labels', 'absent,present',
             check=False)
     assert r.returncode == 1 and 'no ground-truth rows' in r.stderr
+    # a spreadsheet export: UTF-8 BOM, CRLF, no header
+    (tmp_path / 'bom.csv').write_bytes(b'\xef\xbb\xbf' + b''.join(
+        f'{k},absent\r\n'.encode() for k in keys))
+    j = json.loads(run('eval', '--truth', tmp_path / 'bom.csv', f'csv:{p}', '--labels',
+                       'absent,present', '--json').stdout)
+    assert j['n'] == 4
     # UID rows cannot be run through a model: say so
     r = run('eval', '--truth', t2, os.path.join(MODELS, 'good-implant.onnx'), check=False)
     assert r.returncode == 1 and 'use registry:NAME' in r.stderr
