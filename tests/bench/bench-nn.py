@@ -259,7 +259,7 @@ def main():
     print('GFLOP per image: ' + ', '.join(f'{m} {info[m]["gflop"]:.2f}' for m in args.models))
     print('\n'.join(lines))
     print()
-    print(f'peak RSS at resnet50 batch 8, {max(args.threads)} threads (ru_maxrss of the engine\'s process):')
+    print(f'peak RSS at resnet50 batch 8, {max(args.threads)} thread(s) (ru_maxrss of the engine\'s process):')
     for n in names:
         if n in rss:
             vs = f' ({rss[n] / rss["ort"]:.2f}x onnxruntime)' if 'ort' in rss and n != 'ort' else ''
