@@ -593,7 +593,11 @@ def main(argv):
     # export
     name = a.name or f'{a.task.replace("_", "-")}-{a.arch}'
     version = a.version or f'{name}-seed{a.seed}-{time.strftime("%Y%m%d")}'
-    cmd = 'tools/train.py ' + ' '.join(shlex.quote(v) for v in argv)
+    shown = list(argv)
+    for opt in ('--provenance', '--placeholder'):  # already in their own keys: keep one line short
+        if opt in shown[:-1]:
+            shown[shown.index(opt) + 1] = '...'
+    cmd = 'tools/train.py ' + ' '.join(shlex.quote(v) for v in shown)
     prov = (a.provenance + '; ' if a.provenance else '') + f'trained with: {cmd}'
     test_m = metrics['splits']['test']
     xmetrics = {'split': 'test', 'n': test_m['n']}
