@@ -655,6 +655,48 @@ struct FrameReader {
         return XR_OK;
     }
 
+    /*
+     * DCMTK 3.6.7's RLE decoder trusts the segment offsets of the RLE header (PS3.5 G.5) and
+     * reads past the fragment when one points beyond it (found by fuzzing: SEGV in
+     * DcmRLEDecoder::decompress). Check the header of frame f's fragment first; RLE has exactly
+     * one fragment per frame (PS3.5 A.4.2), which is also all DCMTK decodes.
+     */
+    xr_code check_rle(uint32_t f, xr_error *err)
+    {
+        const Attrs &a = o.a;
+        const unsigned long n_frag = seq->card() - 1;
+        if (n_frag != a.n_frames)
+            return fail(err, XR_E_INPUT, o.src,
+                        "RLE Pixel Data has %lu fragments for %u frames (must be one per frame)",
+                        n_frag, a.n_frames);
+        DcmPixelItem *it = nullptr;
+        Uint8 *d = nullptr;
+        if (seq->getItem(it, f + 1).bad() || !it || it->getUint8Array(d).bad())
+            return fail(err, XR_E_INPUT, o.src, "cannot read the RLE fragment of frame %u", f + 1);
+        const Uint32 len = it->getLength();
+        if (!d || len < 64)
+            return fail(err, XR_E_INPUT, o.src,
+                        "RLE fragment of frame %u has %u bytes, less than its 64-byte header",
+                        f + 1, (unsigned)len);
+        uint32_t h[16];
+        for (int i = 0; i < 16; i++)
+            h[i] = (uint32_t)d[4 * i] | (uint32_t)d[4 * i + 1] << 8 |
+                   (uint32_t)d[4 * i + 2] << 16 | (uint32_t)d[4 * i + 3] << 24;
+        const uint32_t want = (uint32_t)a.samples * (a.bits_allocated / 8);
+        if (h[0] != want)
+            return fail(err, XR_E_INPUT, o.src,
+                        "RLE header of frame %u has %u segments but %u samples of %u bits need %u",
+                        f + 1, h[0], a.samples, a.bits_allocated, want);
+        for (uint32_t i = 1; i <= h[0]; i++) {
+            uint32_t lo = i == 1 ? 64 : h[i - 1];
+            if (h[i] < lo || h[i] >= len || (i == 1 && h[1] != 64))
+                return fail(err, XR_E_INPUT, o.src,
+                            "RLE header of frame %u: segment %u starts at %u, outside [%u, %u)",
+                            f + 1, i, h[i], lo, (unsigned)len);
+        }
+        return XR_OK;
+    }
+
     /* Gather the fragments of JPEG 2000 frame f into j2k. */
     xr_code j2k_fragments(uint32_t f, xr_error *err)
     {
@@ -776,6 +818,11 @@ struct FrameReader {
             return XR_OK;
         }
         /* DCMTK codecs. */
+        if (strcmp(a.ts, UID_RLELosslessTransferSyntax) == 0) {
+            xr_code rc = check_rle(f, err);
+            if (rc)
+                return rc;
+        }
         DcmPixelData *pd = static_cast<DcmPixelData *>(o.pixel);
         OFString cm;
         Uint32 start = f == 0 ? 0 : next_fragment;
