@@ -166,6 +166,7 @@ struct Object {
     Source src;
     DcmFileFormat ff;
     int memfd = -1;
+    int inflated_fd = -1;        /* a deflated data set, inflated (see check_deflate) */
     DcmDataset *ds = nullptr;
     DcmElement *pixel = nullptr;
     Attrs a;
@@ -173,16 +174,23 @@ struct Object {
     {
         if (memfd >= 0)
             close(memfd);
+        if (inflated_fd >= 0)
+            close(inflated_fd);
     }
 };
 
 /*
- * DCMTK inflates a deflated data set whole, before we could look at Rows or Columns: a few MB
- * of zeros can inflate to many GB. So inflate it once here into nothing, counting, and refuse
- * past cap. Part-10 files only (the meta header, which names the transfer syntax, is required).
+ * DCMTK reads a deflated data set from a stream that cannot seek: it loads every value, and
+ * allocates whatever length an element claims (4 GB for a few bytes of input) before it finds
+ * the bytes missing; a few MB of zeros can also inflate to many GB. So inflate it here, into a
+ * memfd, refusing past cap; the caller then lets DCMTK read that as the explicit VR little
+ * endian data set it is, from a file, where lengths are checked against the file size and long
+ * values stay on disk. *ret_fd is that memfd, or -1 when the object is not deflated. Part-10
+ * files only (the meta header, which names the transfer syntax, is required).
  */
-xr_code check_deflate(int fd, uint64_t cap, const Source &src, xr_error *err)
+xr_code check_deflate(int fd, uint64_t cap, const Source &src, int *ret_fd, xr_error *err)
 {
+    *ret_fd = -1;
     unsigned char head[4096];
     ssize_t n = pread(fd, head, sizeof(head), 0);
     if (n < 144 || memcmp(head + 128, "DICM", 4) != 0)
@@ -197,10 +205,16 @@ xr_code check_deflate(int fd, uint64_t cap, const Source &src, xr_error *err)
     uint32_t gl = (uint32_t)head[140] | (uint32_t)head[141] << 8 | (uint32_t)head[142] << 16 |
                   (uint32_t)head[143] << 24;
     off_t pos = (off_t)144 + gl;
+    int mfd = memfd_create("dicom-inflated", MFD_CLOEXEC);
+    if (mfd < 0)
+        return xr_error_errno(err, errno, "could not create a memory file");
     z_stream z;
     memset(&z, 0, sizeof(z));
-    if (inflateInit2(&z, -MAX_WBITS) != Z_OK)
+    if (inflateInit2(&z, -MAX_WBITS) != Z_OK) {
+        close(mfd);
         return xr_error_set(err, XR_E_NOMEM, "out of memory");
+    }
+    int werr = 0;
     std::vector<unsigned char> in(64 * 1024), out(256 * 1024);
     uint64_t total = 0;
     int zr = Z_OK;
@@ -215,16 +229,46 @@ xr_code check_deflate(int fd, uint64_t cap, const Source &src, xr_error *err)
             z.next_out = out.data();
             z.avail_out = (uInt)out.size();
             zr = inflate(&z, Z_NO_FLUSH);
-            total += out.size() - z.avail_out;
-        } while (zr == Z_OK && z.avail_out == 0 && total <= cap);
-        if ((zr != Z_OK && zr != Z_STREAM_END && zr != Z_BUF_ERROR) || total > cap)
-            break;
+            size_t got = out.size() - z.avail_out;
+            total += got;
+            if (total <= cap && got > 0 && write(mfd, out.data(), got) != (ssize_t)got)
+                werr = errno ? errno : EIO;
+        } while (zr == Z_OK && z.avail_out == 0 && total <= cap && !werr);
+        if ((zr != Z_OK && zr != Z_STREAM_END && zr != Z_BUF_ERROR) || total > cap || werr)
+            break; /* a corrupt stream ends here: DCMTK reports the truncation */
     }
     inflateEnd(&z);
-    if (total > cap)
+    if (total > cap) {
+        close(mfd);
         return fail(err, XR_E_LIMIT, src,
                     "the deflated data set inflates to more than %llu bytes, the limit",
                     (unsigned long long)cap);
+    }
+    if (werr) {
+        close(mfd);
+        return xr_error_errno(err, werr, "could not fill a memory file");
+    }
+    *ret_fd = mfd;
+    return XR_OK;
+}
+
+/* Parse the object: the inflated data set when there is one, else the file at path. */
+xr_code parse(Object &o, const char *path, xr_error *err)
+{
+    char proc[64];
+    OFCondition cond;
+    if (o.inflated_fd >= 0) {
+        snprintf(proc, sizeof(proc), "/proc/self/fd/%d", o.inflated_fd);
+        cond = o.ff.loadFile(OFFilename(proc), EXS_LittleEndianExplicit, EGL_noChange,
+                             DCM_MaxReadLength, ERM_dataset);
+    } else {
+        cond = o.ff.loadFile(OFFilename(path), EXS_Unknown, EGL_noChange, DCM_MaxReadLength,
+                             ERM_autoDetect);
+    }
+    if (cond.bad()) {
+        parse_failure(err, o.src, cond);
+        return XR_E_INPUT;
+    }
     return XR_OK;
 }
 
@@ -254,17 +298,11 @@ xr_code load_file(Object &o, const char *path, const dicom_pixel_limits *lim, xr
     fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return xr_error_errno(err, errno, "could not open \"%s\"", path);
-    xr_code rc = check_deflate(fd, deflate_cap(lim), o.src, err);
+    xr_code rc = check_deflate(fd, deflate_cap(lim), o.src, &o.inflated_fd, err);
     close(fd);
     if (rc)
         return rc;
-    OFCondition cond = o.ff.loadFile(OFFilename(path), EXS_Unknown, EGL_noChange,
-                                     DCM_MaxReadLength, ERM_autoDetect);
-    if (cond.bad()) {
-        parse_failure(err, o.src, cond);
-        return XR_E_INPUT;
-    }
-    return XR_OK;
+    return parse(o, path, err);
 }
 
 /* Through a memfd, like dicom_header_read_buffer: a file stream checks lengths first. */
@@ -288,18 +326,12 @@ xr_code load_buffer(Object &o, const void *data, size_t n, const dicom_pixel_lim
         }
         done += (size_t)w;
     }
-    xr_code rc = check_deflate(o.memfd, deflate_cap(lim), o.src, err);
+    xr_code rc = check_deflate(o.memfd, deflate_cap(lim), o.src, &o.inflated_fd, err);
     if (rc)
         return rc;
     char path[64];
     snprintf(path, sizeof(path), "/proc/self/fd/%d", o.memfd);
-    OFCondition cond = o.ff.loadFile(OFFilename(path), EXS_Unknown, EGL_noChange,
-                                     DCM_MaxReadLength, ERM_autoDetect);
-    if (cond.bad()) {
-        parse_failure(err, o.src, cond);
-        return XR_E_INPUT;
-    }
-    return XR_OK;
+    return parse(o, path, err);
 }
 
 /* A US attribute that must be present. */
@@ -343,7 +375,9 @@ xr_code read_attrs(Object &o, xr_error *err)
 
     OFString ts;
     DcmMetaInfo *meta = o.ff.getMetaInfo();
-    if (meta)
+    if (o.inflated_fd >= 0)
+        ts = UID_DeflatedExplicitVRLittleEndianTransferSyntax; /* parsed without its meta */
+    else if (meta)
         (void)meta->findAndGetOFString(DCM_TransferSyntaxUID, ts);
     if (ts.empty()) {
         DcmXfer x(o.ds->getOriginalXfer());
@@ -621,6 +655,48 @@ struct FrameReader {
         return XR_OK;
     }
 
+    /*
+     * DCMTK 3.6.7's RLE decoder trusts the segment offsets of the RLE header (PS3.5 G.5) and
+     * reads past the fragment when one points beyond it (found by fuzzing: SEGV in
+     * DcmRLEDecoder::decompress). Check the header of frame f's fragment first; RLE has exactly
+     * one fragment per frame (PS3.5 A.4.2), which is also all DCMTK decodes.
+     */
+    xr_code check_rle(uint32_t f, xr_error *err)
+    {
+        const Attrs &a = o.a;
+        const unsigned long n_frag = seq->card() - 1;
+        if (n_frag != a.n_frames)
+            return fail(err, XR_E_INPUT, o.src,
+                        "RLE Pixel Data has %lu fragments for %u frames (must be one per frame)",
+                        n_frag, a.n_frames);
+        DcmPixelItem *it = nullptr;
+        Uint8 *d = nullptr;
+        if (seq->getItem(it, f + 1).bad() || !it || it->getUint8Array(d).bad())
+            return fail(err, XR_E_INPUT, o.src, "cannot read the RLE fragment of frame %u", f + 1);
+        const Uint32 len = it->getLength();
+        if (!d || len < 64)
+            return fail(err, XR_E_INPUT, o.src,
+                        "RLE fragment of frame %u has %u bytes, less than its 64-byte header",
+                        f + 1, (unsigned)len);
+        uint32_t h[16];
+        for (int i = 0; i < 16; i++)
+            h[i] = (uint32_t)d[4 * i] | (uint32_t)d[4 * i + 1] << 8 |
+                   (uint32_t)d[4 * i + 2] << 16 | (uint32_t)d[4 * i + 3] << 24;
+        const uint32_t want = (uint32_t)a.samples * (a.bits_allocated / 8);
+        if (h[0] != want)
+            return fail(err, XR_E_INPUT, o.src,
+                        "RLE header of frame %u has %u segments but %u samples of %u bits need %u",
+                        f + 1, h[0], a.samples, a.bits_allocated, want);
+        for (uint32_t i = 1; i <= h[0]; i++) {
+            uint32_t lo = i == 1 ? 64 : h[i - 1];
+            if (h[i] < lo || h[i] >= len || (i == 1 && h[1] != 64))
+                return fail(err, XR_E_INPUT, o.src,
+                            "RLE header of frame %u: segment %u starts at %u, outside [%u, %u)",
+                            f + 1, i, h[i], lo, (unsigned)len);
+        }
+        return XR_OK;
+    }
+
     /* Gather the fragments of JPEG 2000 frame f into j2k. */
     xr_code j2k_fragments(uint32_t f, xr_error *err)
     {
@@ -742,6 +818,11 @@ struct FrameReader {
             return XR_OK;
         }
         /* DCMTK codecs. */
+        if (strcmp(a.ts, UID_RLELosslessTransferSyntax) == 0) {
+            xr_code rc = check_rle(f, err);
+            if (rc)
+                return rc;
+        }
         DcmPixelData *pd = static_cast<DcmPixelData *>(o.pixel);
         OFString cm;
         Uint32 start = f == 0 ? 0 : next_fragment;

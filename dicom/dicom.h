@@ -303,8 +303,8 @@ int dicom_frame_policy_from_string(const char *s) DICOM_NOEXCEPT;
 typedef struct dicom_pixel_limits {
     uint32_t max_rows, max_columns;
     uint32_t max_frames;        /* frames decoded (under DICOM_FRAMES_FIRST: 1) */
-    uint64_t max_decoded_bytes; /* what the decode holds at once: the float output plus one
-                                 * decoded frame and its 32-bit sample copy */
+    uint64_t max_decoded_bytes; /* frames decoded x rows x columns x samples x 4 (32-bit
+                                 * samples; bounds the float output too) + one stored frame */
 } dicom_pixel_limits;
 
 /* 16384 rows and columns, 1024 frames, 1 GiB (the configuration's defaults). */

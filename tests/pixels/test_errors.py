@@ -132,3 +132,35 @@ def test_deflate_bomb_is_refused_before_inflating(tmp_path):
     assert "limit: " in r.stderr and "inflates to more than 68157440 bytes" in r.stderr, r.stderr
     # the original deflated file decodes under the same limits
     assert decode(str(tmp_path / "d.dcm"), "-c", str(cfg)).returncode == 0
+
+
+def deflated_with_huge_claim(tmp_path):
+    """A deflated object whose Pixel Data claims 0xFE8F0000 bytes and has 64 (the shape of an
+    input libFuzzer found: DCMTK allocated the claimed length from the deflate stream)."""
+    import struct
+    import zlib
+    src = make(str(tmp_path / "src.dcm"), "1.2.840.10008.1.2.1", encapsulated=False)
+    subprocess.run(["dcmconv", "+td", src, str(tmp_path / "d.dcm")], check=True)
+    data = open(tmp_path / "d.dcm", "rb").read()
+    gl = struct.unpack("<I", data[140:144])[0]
+    body = zlib.decompress(data[144 + gl:], -15)
+    i = body.rfind(b"\xe0\x7f\x10\x00OW\x00\x00")
+    body = body[:i + 8] + struct.pack("<I", 0xFE8F0000) + b"\x01" * 64
+    co = zlib.compressobj(9, zlib.DEFLATED, -15)
+    p = tmp_path / "claim.dcm"
+    p.write_bytes(data[:144 + gl] + co.compress(body) + co.flush())
+    return str(p)
+
+
+def test_deflated_length_claim_is_not_allocated(tmp_path):
+    import resource
+    p = deflated_with_huge_claim(tmp_path)
+
+    def limit_memory():  # 1 GiB of address space: a 4 GB allocation would fail
+        resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+    # (ASan reserves terabytes of shadow address space: no rlimit there, ASan watches instead)
+    asan = "ASAN_OPTIONS" in os.environ
+    r = subprocess.run([pixref.XREGCTL, "dicom-decode", p], capture_output=True, text=True,
+                       timeout=60, preexec_fn=None if asan else limit_memory)
+    assert r.returncode == 1
+    assert "input: " in r.stderr and "the data ends inside an element" in r.stderr, r.stderr
