@@ -94,16 +94,17 @@ def sha256(path: pathlib.Path) -> str:
 
 def image(path: pathlib.Path, bright: bool, *, study_instance_uid: str | None = None,
           body_part: str = "", patient_id: str = "XRT-CLS", instance_number: int = 1,
-          rows: int = 64, columns: int = 64, seed: int = 0) -> dicomgen.GeneratedFile:
+          rows: int = 64, columns: int = 64, seed: int = 0,
+          fraction: float | None = None) -> dicomgen.GeneratedFile:
     """A CR object: 90% of pixels at 4000 and 10% at 0 (bright) or the other way round (dark);
-    the default window maps them to 1 and 0, so the decoded mean is 0.9 or 0.1."""
+    the default window maps them to 1 and 0, so the decoded mean is 0.9 or 0.1 (or `fraction`)."""
     ds = dicomgen.make_dataset("CR", study_instance_uid=study_instance_uid, patient_id=patient_id,
                                body_part=body_part, rows=rows, columns=columns, bits_stored=12,
                                instance_number=instance_number, seed=seed)
     if not body_part:
         del ds.BodyPartExamined
     rng = np.random.default_rng(seed)
-    hi = rng.random((rows, columns)) < (0.9 if bright else 0.1)
+    hi = rng.random((rows, columns)) < (fraction if fraction is not None else 0.9 if bright else 0.1)
     px = np.where(hi, 4000, 0).astype("<u2")
     ds.PixelData = px.tobytes()
     path = pathlib.Path(path)

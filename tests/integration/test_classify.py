@@ -354,13 +354,64 @@ def test_kill9_during_classification_loses_nothing(make_xregd, db, workdir, mode
     """SIGKILL while objects are being classified, then restart: every acknowledged object ends
     registered with its predictions."""
     d = make_xregd(**model_config(models), pipeline={"workers": 1, "batch_max": 2})
-    files = [cm.image(workdir / "k" / f"{i}.dcm", bright=i % 2 == 1, seed=40 + i) for i in range(30)]
-    run = storescu(d.port, [f.path for f in files], workdir=workdir / "scu")
-    acked = [f for f in files if run.status(f.path) == 0]
-    assert len(acked) == 30, run.describe_failures()
+    files = [cm.image(workdir / "k" / f"{i}.dcm", bright=i % 2 == 1, rows=512, columns=512, seed=40 + i)
+             for i in range(40)]
+    from xregtest import StorescuBatch
+
+    batch = StorescuBatch(d.port, [f.path for f in files], workdir=workdir / "scu")
+    # kill once classification is under way, whether or not reception has finished
+    wait_until(lambda: db.scalar("SELECT count(*) FROM xreg.prediction") > 0, 60, "the first prediction")
+    n_before = db.scalar("SELECT count(DISTINCT instance_ref) FROM xreg.prediction")
     d.kill()
+    run = batch.wait()
+    acked = [f for f in files if run.status(f.path) == 0]
+    assert acked, run.describe_failures()
     d.start()
     uids = [f.sop_instance_uid for f in acked]
-    wait_predicted(db, uids, {f.sop_instance_uid: 2 + (i % 2 == 1) for i, f in enumerate(acked)}, d,
-                   timeout=180)
+    n_preds = {f.sop_instance_uid: 2 + (i % 2 == 1) for i, f in enumerate(files)}
+    wait_predicted(db, uids, n_preds, d, timeout=180)
+    assert db.scalar("SELECT count(*) FROM xreg.classification_issue") == 0
     assert not pending_objects(d)
+
+
+def test_eval_over_registry_matches_direct(make_xregd, db, workdir, models, xregctl_exe):
+    """Issue 6 item 6: `xregctl eval` over the predictions xregd stored equals `xregctl eval`
+    running the same model directly on the same files (truth from the folder layout)."""
+    from xregtest import run_xregctl
+
+    help_text = run_xregctl("--help", exe=xregctl_exe).stdout
+    need(" eval " in help_text or "\n  eval" in help_text, "xregctl eval is not in this build")
+    import random
+
+    rng = random.Random(7)
+    d = make_xregd(**model_config(models))
+    data = workdir / "data"
+    files, truth = [], {}
+    for i in range(24):
+        f = rng.uniform(0.3, 0.7)
+        label = "present" if f + rng.gauss(0, 0.08) > 0.5 else "absent"
+        g = cm.image(data / label / f"{i}.dcm", bright=False, fraction=f, seed=100 + i)
+        files.append(g)
+        truth[g.sop_instance_uid] = label
+    run = storescu(d.port, [f.path for f in files], workdir=workdir / "scu")
+    assert len(run.succeeded()) == 24, run.describe_failures()
+    uids = [f.sop_instance_uid for f in files]
+    wait_until(lambda: db.scalar("SELECT count(*) FROM xreg.prediction WHERE task = 'implant'") == 24,
+               90, "24 implant predictions")
+    cfg = str(d.config_path)
+    r1 = run_xregctl("eval", "-c", cfg, "--data", str(data), "registry:tiny-implant", "--json",
+                     exe=xregctl_exe, timeout=180)
+    assert r1.returncode == 0, r1.stderr
+    r2 = run_xregctl("eval", "--data", str(data), str(models["implant"]), "--json", exe=xregctl_exe,
+                     timeout=180)
+    assert r2.returncode == 0, r2.stderr
+    j1, j2 = json.loads(r1.stdout), json.loads(r2.stdout)
+    assert j1["n"] == j2["n"] == 24
+    assert j1["model"]["sha256"] == j2["model"]["sha256"] == cm.sha256(models["implant"])
+    # the registry stores float4 probabilities: the same up to float32 rounding
+    assert j1["log_loss"] == pytest.approx(j2["log_loss"], abs=1e-6)
+    assert j1["accuracy"] == j2["accuracy"]
+    assert j1["confusion_matrix"] == j2["confusion_matrix"]
+    assert j1["binary"]["auc"] == pytest.approx(j2["binary"]["auc"], abs=1e-9)
+    assert j1["binary"]["at_threshold"]["threshold"] == pytest.approx(0.5)
+    assert j1["binary"]["auc"] > 0.5  # the model's score carries the label's signal
