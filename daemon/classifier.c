@@ -25,6 +25,7 @@
 struct classifier {
     nn_model *model;
     classifier_meta meta;
+    char *path;       /* a copy: the caller's string may go away after load */
     char *labels_buf; /* the labels, NUL-separated */
     const char **labels;
     const char **terms;
@@ -535,13 +536,13 @@ static size_t check(const nn_model *m, classifier *c, check_ctx *cx)
                              nn_resize_mode_name(sp->resize));
             for (uint32_t i = 0; i < sp->channels && k > 0 && (size_t)k < sizeof(c->fingerprint);
                  i++)
-                k += snprintf(c->fingerprint + k, sizeof(c->fingerprint) - (size_t)k, "%s%.9g",
+                k += snprintf(c->fingerprint + k, sizeof(c->fingerprint) - (size_t)k, "%s%g",
                               i ? "," : "", sp->mean[i]);
             if (k > 0 && (size_t)k < sizeof(c->fingerprint))
                 k += snprintf(c->fingerprint + k, sizeof(c->fingerprint) - (size_t)k, " std=");
             for (uint32_t i = 0; i < sp->channels && k > 0 && (size_t)k < sizeof(c->fingerprint);
                  i++)
-                k += snprintf(c->fingerprint + k, sizeof(c->fingerprint) - (size_t)k, "%s%.9g",
+                k += snprintf(c->fingerprint + k, sizeof(c->fingerprint) - (size_t)k, "%s%g",
                               i ? "," : "", sp->std[i]);
             mt.preproc_fingerprint = c->fingerprint;
             c->meta = mt;
@@ -561,7 +562,7 @@ size_t classifier_check_model(const nn_model *m,
 
 /* ------------------------------------------------------------------------------------------ */
 
-static xr_code file_sha256(const char *path, char out[65], xr_error *err)
+xr_code classifier_file_sha256(const char *path, char out[65], xr_error *err)
 {
     FILE *f = fopen(path, "rb");
     if (!f)
@@ -635,9 +636,13 @@ xr_code classifier_load(const char *path, uint32_t max_batch, classifier **ret, 
                             "them", n, path);
         goto out;
     }
-    c->meta.path = path;
+    if (!(c->path = strdup(path))) {
+        rc = xr_error_set(err, XR_E_NOMEM, "out of memory");
+        goto out;
+    }
+    c->meta.path = c->path;
     c->meta.max_batch = nn_model_max_batch(c->model);
-    if ((rc = file_sha256(path, c->meta.sha256, err)))
+    if ((rc = classifier_file_sha256(path, c->meta.sha256, err)))
         goto out;
     /* Warm-up: the first run pays for oneDNN's JIT and page faults; it also proves the outputs
      * are usable before the model is put in service. */
@@ -671,6 +676,7 @@ classifier *classifier_free(classifier *c)
     if (!c)
         return NULL;
     nn_model_free(c->model);
+    free(c->path);
     free(c->labels_buf);
     free(c->labels);
     free(c->terms);

@@ -74,7 +74,7 @@ const char *classifier_body_part_term(const char *label);
 
 /* Everything the metadata says, parsed. Strings are borrowed until classifier_free. */
 typedef struct classifier_meta {
-    const char *path;   /* as given to classifier_load */
+    const char *path;   /* as given to classifier_load (a copy) */
     char sha256[65];    /* of the file, lower-case hex */
     classifier_task task;
     const char *name, *version;
@@ -183,6 +183,11 @@ __attribute__((warn_unused_result)) xr_code classifier_prepare_file(
 __attribute__((warn_unused_result)) xr_code classifier_run(classifier_session *s,
                                                            uint32_t n_batch, const float *inputs,
                                                            float *probs, xr_error *err);
+
+/* sha256 of a file as 64 lower-case hex digits + NUL; XR_E_IO. */
+__attribute__((warn_unused_result)) xr_code classifier_file_sha256(const char *path,
+                                                                   char ret_hex[65],
+                                                                   xr_error *err);
 
 /* Numerically stable softmax of n values, in place (double accumulation). Exposed for tests
  * and for eval over stored logits. */

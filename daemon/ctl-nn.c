@@ -1,7 +1,7 @@
 /*
  * xregctl nn-info / nn-run / nn-bench: inspect, run and time an ONNX model with nn/.
- * nn-run reads a raw little-endian float32 tensor (image files come with the preprocessing
- * room's nn/nn-image.h).
+ * nn-run reads a raw little-endian float32 tensor, or an image file (PNG, JPEG or DICOM, told
+ * by its content) that it preprocesses per the model's xreg.* metadata through classifier.h.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -9,20 +9,25 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/resource.h>
 #include <time.h>
 
+#include "classifier.h"
 #include "ctl-nn.h"
+#include "dicom.h"
 #include "nn.h"
 
 void ctl_nn_usage(FILE *f)
 {
     fprintf(f,
             "  nn-info MODEL.onnx   inputs, outputs, ops, metadata and parameter count of a model\n"
-            "  nn-run MODEL.onnx --input IN.f32 --output OUT.f32 [--threads N] [--top K]\n"
-            "                 run a raw little-endian float32 input (the model's input shape,\n"
-            "                 batch from the file length); write raw float32 outputs, print the\n"
-            "                 top classes (image files: not yet, pending nn/nn-image.h)\n"
+            "  nn-run MODEL.onnx --input IN --output OUT.f32 [--threads N] [--top K]\n"
+            "                 IN is a raw little-endian float32 tensor (the model's input shape,\n"
+            "                 batch from the file length), or a PNG, JPEG or DICOM image that is\n"
+            "                 preprocessed per the model's xreg.* metadata (the model must pass\n"
+            "                 model-info); writes raw float32 outputs (probabilities for an image;\n"
+            "                 --output optional then) and prints the top classes with labels\n"
             "  nn-bench MODEL.onnx [--batch N] [--threads N] [--runs N]  latency and throughput\n");
 }
 
@@ -151,9 +156,103 @@ static void *read_all(const char *path, size_t *ret_n)
     return buf;
 }
 
+/* PNG/JPEG signature or a DICOM Part-10 preamble: an image, not a raw tensor. */
+static bool is_image_file(const char *path)
+{
+    unsigned char b[132] = {0};
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return false;
+    size_t n = fread(b, 1, sizeof(b), f);
+    fclose(f);
+    nn_image_format fmt = nn_image_format_detect(b, n);
+    if (fmt == NN_IMAGE_FORMAT_PNG || fmt == NN_IMAGE_FORMAT_JPEG)
+        return true;
+    if (n == 132 && memcmp(b + 128, "DICM", 4) == 0)
+        return true;
+    size_t l = strlen(path);
+    return l > 4 && strcasecmp(path + l - 4, ".dcm") == 0;
+}
+
+static int cmd_run_image(const char *path, const char *in_path, const char *out_path,
+                         int threads, int top)
+{
+    int rc = 1;
+    classifier *c = NULL;
+    classifier_session *s = NULL;
+    float *in = NULL, *probs = NULL;
+    xr_error err = XR_ERROR_INIT;
+    if (dicom_global_init(&err) || classifier_load(path, 1, &c, &err) ||
+        classifier_session_new(c, threads, &s, &err)) {
+        fprintf(stderr, "xregctl: %s\n", err.msg);
+        if (err.detail[0])
+            fprintf(stderr, "%s\n", err.detail);
+        rc = err.code == XR_E_UNSUPPORTED ? 3 : 1;
+        goto out;
+    }
+    const classifier_meta *mi = classifier_info(c);
+    in = malloc(classifier_input_floats(c) * sizeof(float));
+    probs = malloc(mi->n_labels * sizeof(float));
+    if (!in || !probs) {
+        fprintf(stderr, "xregctl: out of memory\n");
+        goto out;
+    }
+    classifier_file_kind kind;
+    if (classifier_prepare_file(s, in_path, NULL, in, &kind, &err) ||
+        classifier_run(s, 1, in, probs, &err)) {
+        fprintf(stderr, "xregctl: %s\n", err.msg);
+        if (err.detail[0])
+            fprintf(stderr, "%s\n", err.detail);
+        rc = err.code == XR_E_UNSUPPORTED ? 3 : 1;
+        goto out;
+    }
+    if (out_path) {
+        FILE *f = fopen(out_path, "wb");
+        bool ok = f && fwrite(probs, sizeof(float), mi->n_labels, f) == mi->n_labels;
+        if (!f || fclose(f) != 0 || !ok) {
+            fprintf(stderr, "xregctl: could not write \"%s\"\n", out_path);
+            goto out;
+        }
+    }
+    printf("model: %s %s (%s)\n", mi->name, mi->version, classifier_task_name(mi->task));
+    if (mi->placeholder)
+        printf("PLACEHOLDER MODEL, do not trust: %s\n", mi->placeholder);
+    printf("input: %s (%s), preprocessing %s\n", in_path,
+           kind == CLASSIFIER_FILE_DICOM ? "DICOM" : kind == CLASSIFIER_FILE_PNG ? "PNG" : "JPEG",
+           mi->preproc_fingerprint);
+    bool used[1024] = {0};
+    for (int k = 0; k < top && (size_t)k < mi->n_labels && k < 1024; k++) {
+        size_t best = SIZE_MAX;
+        for (size_t i = 0; i < mi->n_labels && i < 1024; i++)
+            if (!used[i] && (best == SIZE_MAX || probs[i] > probs[best]))
+                best = i;
+        used[best] = true;
+        printf("  %-14s %.5f%s%s%s\n", mi->labels[best], probs[best],
+               mi->dicom_terms ? "  (DICOM " : "", mi->dicom_terms ? mi->dicom_terms[best] : "",
+               mi->dicom_terms ? ")" : "");
+    }
+    if (mi->positive_index >= 0)
+        printf("decision at threshold %.3g: %s\n", mi->threshold,
+               probs[mi->positive_index] >= mi->threshold ? mi->positive_label
+                                                          : mi->labels[1 - mi->positive_index]);
+    rc = 0;
+out:
+    free(in);
+    free(probs);
+    classifier_session_free(s);
+    classifier_free(c);
+    return rc;
+}
+
 static int cmd_run(const char *path, const char *in_path, const char *out_path, int threads,
                    int top)
 {
+    if (is_image_file(in_path))
+        return cmd_run_image(path, in_path, out_path, threads, top);
+    if (!out_path) {
+        fprintf(stderr, "xregctl: nn-run with a raw float32 input needs --output OUT.f32\n");
+        return 2;
+    }
     size_t n_in;
     float *in = read_all(in_path, &n_in);
     if (!in)
@@ -395,8 +494,8 @@ int ctl_nn_main(int argc, char **argv)
     if (strcmp(cmd, "nn-info") == 0)
         return cmd_info(model);
     if (strcmp(cmd, "nn-run") == 0) {
-        if (!in || !out) {
-            fprintf(stderr, "xregctl: nn-run needs --input IN.f32 and --output OUT.f32\n");
+        if (!in) {
+            fprintf(stderr, "xregctl: nn-run needs --input IN (float32 tensor or image)\n");
             return 2;
         }
         return cmd_run(model, in, out, (int)threads, (int)top);

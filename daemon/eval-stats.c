@@ -276,37 +276,38 @@ xr_code eval_stats_compute(const eval_input *in, eval_result **ret, xr_error *er
         r->kappa_defined = true;
     }
 
+    /* Macro averages over the classes that occur in the truth or the predictions (scikit-learn's
+     * label set), an undefined precision or recall counting as 0 there (its zero_division=0). */
     double sp = 0, sr = 0, sf = 0;
-    size_t np = 0, nr = 0, nf = 0;
+    size_t nm = 0;
     for (size_t c = 0; c < k; c++) {
         eval_class *ec = &r->classes[c];
         double tp = (double)r->confusion[c * k + c];
         if (ec->predicted) {
             ec->precision = tp / (double)ec->predicted;
             ec->precision_defined = true;
-            sp += ec->precision;
-            np++;
         }
         if (ec->support) {
             ec->recall = tp / (double)ec->support;
             ec->recall_defined = true;
-            sr += ec->recall;
-            nr++;
         }
-        if (ec->precision_defined && ec->recall_defined) {
-            double d = ec->precision + ec->recall;
-            ec->f1 = d > 0 ? 2 * ec->precision * ec->recall / d : 0;
+        /* F1 = 2TP / (2TP + FP + FN) = 2TP / (support + predicted): defined whenever the class
+         * occurs at all (0 for a class never predicted, as the limit of 2PR/(P+R)) */
+        if (ec->support + ec->predicted) {
+            ec->f1 = 2 * tp / (double)(ec->support + ec->predicted);
             ec->f1_defined = true;
+            sp += ec->precision;
+            sr += ec->recall;
             sf += ec->f1;
-            nf++;
+            nm++;
         }
     }
-    if ((r->macro_precision_defined = np > 0))
-        r->macro_precision = sp / (double)np;
-    if ((r->macro_recall_defined = nr > 0))
-        r->macro_recall = sr / (double)nr;
-    if ((r->macro_f1_defined = nf > 0))
-        r->macro_f1 = sf / (double)nf;
+    r->macro_precision_defined = r->macro_recall_defined = r->macro_f1_defined = nm > 0;
+    if (nm) {
+        r->macro_precision = sp / (double)nm;
+        r->macro_recall = sr / (double)nm;
+        r->macro_f1 = sf / (double)nm;
+    }
 
     /* reliability */
     double sum_p[EVAL_RELIABILITY_BINS] = {0}, sum_o[EVAL_RELIABILITY_BINS] = {0};

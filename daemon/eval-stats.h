@@ -18,8 +18,10 @@
  *   - Cohen's kappa (unweighted) on truth vs predicted; undefined when the expected agreement is
  *     1 (truth and predictions all one same class).
  *   - per class: precision = TP/(TP+FP) (undefined with no prediction of the class), recall =
- *     TP/(TP+FN) (undefined with no sample of the class), F1 = 2PR/(P+R) (0 when P+R = 0,
- *     undefined when P or R is); macro averages over the classes where the value is defined.
+ *     TP/(TP+FN) (undefined with no sample of the class), F1 = 2TP/(2TP+FP+FN) (= 2PR/(P+R); 0
+ *     for a class never predicted; undefined only for a class neither present nor predicted);
+ *     macro averages over the classes present in the truth or the predictions, an undefined
+ *     precision/recall counting 0 (scikit-learn's average="macro", zero_division=0).
  *   - binary: AUC = Mann-Whitney (ties count 1/2); its variance by DeLong et al. 1988 (computed
  *     with midranks, Sun & Xu 2014), 95% CI = AUC +- 1.959964 SE clipped to [0,1] (as pROC);
  *     undefined without both classes, CI undefined with fewer than 2 of either.

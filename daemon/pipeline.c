@@ -903,13 +903,18 @@ static void *worker_main(void *arg)
     int64_t backoff_ms = 0;
     worker_set_state(w, WORKER_IDLE);
     for (;;) {
-        size_t n = spool_next_batch(pl->sp, items, batch_max,
-                                    atomic_load(&pl->batch_wait_ms));
+        /* Without models there is nothing to batch: one object at a time, no waiting, as
+         * registration alone has always run. */
+        worker_sync_models(w);
+        bool classify = w->ms && w->ms->n_loaded;
+        size_t n = spool_next_batch(pl->sp, items, classify ? batch_max : 1,
+                                    classify ? atomic_load(&pl->batch_wait_ms) : 0);
         if (n == 0)
             break;
         worker_set_state(w, WORKER_BUSY);
+        /* A reload during the wait applies to this batch already. */
         worker_sync_models(w);
-        bool classify = w->ms && w->ms->n_loaded;
+        classify = w->ms && w->ms->n_loaded;
         for (size_t i = 0; i < n; i++) {
             jobs[i] = (job){.item = items[i], .state = JOB_FINISHED};
             if (items[i].kind == SPOOL_KIND_INCOMING)

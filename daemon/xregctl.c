@@ -10,7 +10,9 @@
 
 #include "config.h"
 #include "ctl-dicom.h"
+#include "ctl-eval.h"
 #include "ctl-meanstd.h"
+#include "ctl-model.h"
 #include "ctl-registry.h"
 #include "ctl-nn.h"
 #include "log.h"
@@ -33,6 +35,8 @@ static void usage(FILE *f)
             "  mean-std DIR...  per-channel mean/std of a dataset (see mean-std --help)\n");
     ctl_registry_usage(f);
     ctl_nn_usage(f);
+    ctl_model_usage(f);
+    ctl_eval_usage(f);
     fprintf(f,
             "\nOptions:\n"
             "  -c, --config PATH  configuration file (default %s/xregd.yaml)\n"
@@ -267,6 +271,10 @@ int main(int argc, char **argv)
         log_setup(o.quiet ? XR_LOG_WARNING : XR_LOG_NOTICE);
         return ctl_registry_main(o.config_path, o.quiet, sargc, sargv);
     }
+    if (strcmp(cmd, "eval") == 0 || strcmp(cmd, "compare") == 0)
+        return ctl_eval_main(o.config_path, sargc, sargv);
+    if (strcmp(cmd, "model-info") == 0)
+        return ctl_model_info(sargc, sargv);
     if (strncmp(cmd, "nn-", 3) == 0)
         return ctl_nn_main(sargc, sargv);
     optind = 0;

@@ -31,6 +31,8 @@ packages=(
   libonnx-testdata python3-torch python3-torchvision python3-onnx libopenblas0-openmp
 )
 
+# xregctl eval/compare: PNG plots (cairo); tests compare the statistics with scikit-learn
+packages+=(libcairo2-dev python3-sklearn)
 # nn/ parity tests (tools/export-models.py): Debian's PyTorch, fast with OpenBLAS
 packages+=(python3-torch python3-torchvision python3-onnx libopenblas0-openmp)
 # benchmarks only (tests/bench/bench-nn.py installs onnxruntime-node with npm): any node/npm

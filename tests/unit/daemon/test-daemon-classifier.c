@@ -54,7 +54,16 @@ static classifier *load_ok(const char *name, uint32_t batch)
 static void test_good_body(void **state)
 {
     (void)state;
-    classifier *c = load_ok("good-body", 4);
+    /* the path is copied: the caller's string may go away (a reloaded configuration) */
+    char *tmp = strdup(path_of("good-body", ".onnx"));
+    classifier *c = NULL;
+    xr_error err0 = XR_ERROR_INIT;
+    assert_int_equal(classifier_load(tmp, 4, &c, &err0), XR_OK);
+    memset(tmp, 'x', strlen(tmp));
+    free(tmp);
+    assert_string_equal(classifier_info(c)->path, path_of("good-body", ".onnx"));
+    classifier_free(c);
+    c = load_ok("good-body", 4);
     const classifier_meta *m = classifier_info(c);
     assert_int_equal(m->task, CLASSIFIER_TASK_BODY_PART);
     assert_string_equal(m->name, "test-body-part");

@@ -124,9 +124,19 @@ static void test_one_class(void **state)
     assert_float_equal(r->accuracy, 1, 0);
     assert_false(r->classes[0].precision_defined);
     assert_false(r->classes[0].recall_defined);
-    assert_false(r->classes[0].f1_defined);
+    assert_false(r->classes[0].f1_defined); /* class 0 neither present nor predicted */
     assert_true(r->classes[1].f1_defined);
     assert_float_equal(r->macro_f1, 1, 0);
+    /* a class present but never predicted: precision n/a, F1 0, counted as 0 in the macro */
+    int t2[2] = {0, 1};
+    float p2[4] = {0.2f, 0.8f, 0.3f, 0.7f};
+    eval_result *r2 = compute(2, 2, t2, p2, -1, 0);
+    assert_false(r2->classes[0].precision_defined);
+    assert_true(r2->classes[0].f1_defined);
+    assert_float_equal(r2->classes[0].f1, 0, 0);
+    assert_float_equal(r2->macro_precision, 0.25, 1e-12);
+    assert_float_equal(r2->macro_f1, (0 + 2.0 / 3) / 2, 1e-12);
+    eval_result_free(r2);
     eval_result_free(r);
 }
 
