@@ -7,6 +7,9 @@ Exact command lines (from the repository root, after `meson setup build && meson
     XREGD=build/daemon/xregd XREGCTL=build/daemon/xregctl XREG_SOURCE_ROOT=$PWD \\
         tests/with-postgres.sh /usr/bin/python3 tests/bench/bench-classify.py
 
+    # a real architecture's inference cost (random weights, nothing downloaded):
+    ... tests/bench/bench-classify.py --arch resnet18
+
     # other sizes and settings; machine-readable summary on the last line:
     ... tests/bench/bench-classify.py --files 200 --rows 2048 --columns 2048 --workers 2 \\
         --threads 1 --batch 8 --runs 3 --json
@@ -54,7 +57,45 @@ def skip(message: str) -> None:
     sys.exit(1 if CI else 77)
 
 
-def pick_models(base: pathlib.Path) -> tuple[dict, str]:
+def export_arch(arch: str, base: pathlib.Path) -> dict:
+    """torchvision `arch` with random weights (nothing downloaded) at 224 x 224, 3 channels,
+    exported once per task with the xreg.* metadata: inference cost of a real architecture."""
+    import onnx
+    import torch
+    import torchvision
+
+    import classify_models as cm
+
+    out = {}
+    for task in cm.TASKS:
+        labels = cm.LABELS[task].split(",")
+        torch.manual_seed(1)
+        net = getattr(torchvision.models, arch)(weights=None, num_classes=len(labels)).eval()
+        path = base / "models" / f"{arch}-{task}.onnx"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.onnx.export(net, torch.zeros(1, 3, 224, 224), str(path), opset_version=13,
+                          input_names=["input"], output_names=["logits"],
+                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+        m = onnx.load(str(path))
+        meta = {"xreg.task": task, "xreg.name": f"{arch}-{task}", "xreg.version": "random",
+                "xreg.labels": cm.LABELS[task], "xreg.output": "logits", "xreg.input_size": "224,224",
+                "xreg.channels": "3", "xreg.mean": "0.485,0.456,0.406", "xreg.std": "0.229,0.224,0.225",
+                "xreg.resize": "letterbox", "xreg.placeholder": "random weights: benchmark only"}
+        if task != "body_part":
+            meta["xreg.positive_label"] = "present"
+        del m.metadata_props[:]
+        for k, v in meta.items():
+            e = m.metadata_props.add()
+            e.key, e.value = k, v
+        onnx.save(m, str(path))
+        out[task] = path
+    return out
+
+
+def pick_models(base: pathlib.Path, arch: str | None = None) -> tuple[dict, str]:
+    if arch:
+        return export_arch(arch, base), (f"torchvision {arch} with RANDOM weights at 224x224, 3 channels, "
+                                         "one per task (inference cost of a real architecture)")
     demo = {t: SOURCE_ROOT / "models" / f for t, f in DEMO.items()}
     if all(p.is_file() for p in demo.values()):
         return demo, "demo models from models/ (" + ", ".join(p.name for p in demo.values()) + ")"
@@ -151,6 +192,8 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=8, help="pipeline.batch_max")
     ap.add_argument("--wait-ms", type=int, default=20, help="pipeline.batch_wait_ms")
     ap.add_argument("--runs", type=int, default=1)
+    ap.add_argument("--arch", help="instead of models/: a torchvision architecture with random weights "
+                    "for all three tasks (e.g. resnet18, efficientnet_b0)")
     ap.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
     args = ap.parse_args()
     if not os.environ.get("XREGD") or not os.environ.get("XREGCTL"):
@@ -161,7 +204,7 @@ def main() -> int:
         skip(str(e))
     base = xregtest.short_tempdir("xrbc-")
     try:
-        models, which = pick_models(base)
+        models, which = pick_models(base, args.arch)
         files = make_files(base, args.files, args.rows, args.columns)
         print(f"models: {which}")
         print(f"{len(files)} CR objects, {args.rows}x{args.columns} 12-bit uncompressed "
