@@ -198,6 +198,8 @@ def main() -> int:
     args = ap.parse_args()
     if not os.environ.get("XREGD") or not os.environ.get("XREGCTL"):
         skip("XREGD/XREGCTL not set (meson passes the built programs)")
+    for k in ("XREGD", "XREGCTL"):  # xregd runs in its own folder: a relative path would break
+        os.environ[k] = os.path.abspath(os.environ[k])
     try:
         pg = Postgres()
     except (Unavailable, ImportError) as e:
