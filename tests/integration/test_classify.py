@@ -415,3 +415,43 @@ def test_eval_over_registry_matches_direct(make_xregd, db, workdir, models, xreg
     assert j1["binary"]["auc"] == pytest.approx(j2["binary"]["auc"], abs=1e-9)
     assert j1["binary"]["at_threshold"]["threshold"] == pytest.approx(0.5)
     assert j1["binary"]["auc"] > 0.5  # the model's score carries the label's signal
+
+
+def test_demo_models(make_xregd, db, workdir):
+    """The demo models the shipped configuration names (models/*.onnx) load, are reported as
+    placeholders, and classify real radiographs: DICOM objects from ../shared/data/dicom."""
+    from xregtest import SOURCE_ROOT
+
+    demo = {t: SOURCE_ROOT / "models" / f for t, f in
+            {"body_part": "body-part.onnx", "implant": "implant.onnx", "fracture": "fracture.onnx"}.items()}
+    need(all(p.is_file() for p in demo.values()), f"demo models missing in {SOURCE_ROOT / 'models'}")
+    index = SHARED_DATA / "dicom" / "index.tsv"
+    need(index.is_file(), f"{index} missing (../shared/data/dicom)")
+    picks = []
+    for line in index.read_text().splitlines()[1:]:
+        f = line.split("\t")
+        # CR/DX objects with pixels (index.tsv: path, status, modality, sop, ts, ..., haspix)
+        if len(f) > 11 and f[1] == "ok" and f[2] in ("CR", "DX") and f[11] == "True" and \
+                "fixed" not in f[0] and (SHARED_DATA / "dicom" / f[0]).is_file():
+            picks.append(SHARED_DATA / "dicom" / f[0])
+    need(picks, "no CR/DX objects in ../shared/data/dicom/index.tsv")
+    picks = picks[:4]
+    d = make_xregd(models={t: {"path": str(p)} for t, p in demo.items()})
+    assert "the body_part model is a placeholder and must not be trusted" in d.log()
+    run = storescu(d.port, picks, workdir=workdir / "scu")
+    acked = [p for p in picks if run.status(p) == 0]
+    assert acked, run.describe_failures()
+    import pydicom
+
+    uids = [str(pydicom.dcmread(str(p), stop_before_pixels=True).SOPInstanceUID) for p in acked]
+    wait_until(lambda: all(predictions(db, u) or _issue(db, u) for u in uids), 120, "classification")
+    got = [predictions(db, u) for u in uids]
+    assert any(g for g in got), [(_issue(db, u)) for u in uids]
+    for g in got:
+        for task, row in g.items():
+            assert row[3] == {"body_part": "demo-body-part", "implant": "demo-implant",
+                              "fracture": "demo-fracture"}[task]
+            assert row[4] == cm.sha256(demo[task])
+    st = status_json(d)
+    assert {m["name"] for m in st["models"]} == {"demo-body-part", "demo-implant", "demo-fracture"}
+    assert all(m["placeholder"] for m in st["models"])

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -104,6 +105,19 @@ static void test_shipped_equals_defaults(void **state)
             present = strcmp(found[j], path) == 0;
         if (!present)
             fail_msg("key \"%s\" is not in %s", path, shipped_path);
+        /* The shipped file names the demo models (default: off); they must exist. */
+        if (strncmp(path, "models.", 7) == 0 && strstr(path, ".path")) {
+            const char *const *v = NULL;
+            if (strcmp(path, "models.body_part.path") == 0)
+                v = (const char *const *)&a->models.body_part.path;
+            else if (strcmp(path, "models.implant.path") == 0)
+                v = (const char *const *)&a->models.implant.path;
+            else
+                v = (const char *const *)&a->models.fracture.path;
+            if ((*v)[0] && access(*v, R_OK) != 0)
+                fail_msg("%s names \"%s\", which is not readable", path, *v);
+            continue;
+        }
         if (!config_key_equal(a, b, i))
             fail_msg("key \"%s\" in %s differs from its default", path, shipped_path);
     }
