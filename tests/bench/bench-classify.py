@@ -166,13 +166,18 @@ def run_once(files, base: pathlib.Path, pg: Postgres, args, models: dict | None)
             per_model[name] = {"batches": float(cnt.group(1)) if cnt else 0.0,
                                "images": float(imgs.group(1)) if imgs else 0.0,
                                "seconds": float(m.group(2))}
+        stages = {}
+        for m in re.finditer(r'xreg_stage_seconds_sum\{stage="([^"]+)"\} ([0-9.e+-]+)', text):
+            cnt = re.search(rf'xreg_stage_seconds_count\{{stage="{m.group(1)}"\}} ([0-9.e+-]+)', text)
+            if cnt and float(cnt.group(1)):
+                stages[m.group(1)] = float(m.group(2)) / float(cnt.group(1))
         issues = db.scalar("SELECT count(*) FROM xreg.classification_issue") if models else 0
         rc = d.stop()
         if rc != 0:
             raise SystemExit(f"bench-classify: xregd exited with {rc}\n{d.log_tail()}")
         if issues:
             raise SystemExit(f"bench-classify: {issues} objects could not be classified\n{d.log_tail()}")
-        return {"acked_s": acked_s, "done_s": done_s, "per_model": per_model}
+        return {"acked_s": acked_s, "done_s": done_s, "per_model": per_model, "stages": stages}
     finally:
         d.close()
         db.close()
@@ -235,6 +240,9 @@ def main() -> int:
                 print(f"  model {name:<24} {m['images']:6.0f} images in {m['batches']:4.0f} batches, "
                       f"{1000 * m['seconds'] / m['batches']:8.1f} ms/batch, "
                       f"{1000 * m['seconds'] / max(m['images'], 1):7.1f} ms/image")
+        st = res_models[-1]["stages"]
+        print("  mean time per object and stage (worker threads; spool: association thread): " +
+              ", ".join(f"{k} {1000 * v:.1f} ms" for k, v in sorted(st.items())))
         if args.json:
             print(json.dumps({"models": which, "files": n, "rows": args.rows, "columns": args.columns,
                               "workers": args.workers, "threads": args.threads, "batch": args.batch,
