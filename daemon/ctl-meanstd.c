@@ -1,6 +1,7 @@
 /*
  * xregctl mean-std [-c CONFIG] [--size H,W] [--channels 1|3] [--resize stretch|letterbox]
- *                  [--frames first|all] [--jobs N] [--strict] [--json] [-v] [-q] DIR...
+ *                  [-m KEY=VALUE]... [--frames first|all] [--jobs N] [--strict] [--json] [-v]
+ *                  [-q] DIR...
  *
  * The thesis's mean_std_dataset, over PNG, JPEG and DICOM files: each image is decoded (DICOM
  * through dicom_image_read: modality LUT, VOI, inversion; PNG/JPEG through nn-image.h) and
@@ -13,7 +14,8 @@
  * image is reduced to (count, mean, M2) per channel and merged with Chan et al.'s pairwise
  * update in file order, so the result does not depend on --jobs and no pixels are kept.
  *
- * Which files: every regular file under DIR (recursively, symlinks not followed). A file is an
+ * Which files: every regular file under DIR (recursively; symlinks followed, each directory
+ * listed once, so a file linked from two folders counts twice but loops end). A file is an
  * image by its content: PNG or JPEG signature, else DICOM if dicom_image_read recognises it.
  * Policy for the rest:
  *   - skipped: not PNG, JPEG or DICOM (labels.csv, TIFF, README): counted, listed with -v and in
@@ -70,6 +72,11 @@ typedef struct file_result {
 typedef struct ms_ctx {
     char **paths;
     size_t n_paths, cap_paths;
+    struct {
+        dev_t dev;
+        ino_t ino;
+    } *dirs;
+    size_t n_dirs, cap_dirs;
     file_result *res;
     nn_preproc_spec spec;
     nn_image_params img_params;
@@ -95,6 +102,8 @@ static void usage(FILE *f)
             "  --size H,W            model input size (default 224,224)\n"
             "  --channels 1|3        model channels (default 3)\n"
             "  --resize MODE         stretch | letterbox (default stretch)\n"
+            "  -m, --metadata K=V    a model's metadata entry (xreg.input_size, xreg.channels,\n"
+            "                        xreg.resize; repeat it) in place of the three options above\n"
             "  --frames first|all    multi-frame DICOM: first frame, or every frame as an image\n"
             "                        (default: pixels.frames of -c CONFIG, else first)\n"
             "  -c, --config PATH     take DICOM limits and frames from this xregd.yaml\n"
@@ -123,7 +132,27 @@ static int add_path(ms_ctx *c, char *p)
     return 0;
 }
 
-/* Depth-first listing of regular files; symlinks are not followed (no loops). */
+/* A directory already listed (symlinks may lead back to it). */
+static bool seen_dir(ms_ctx *c, const struct stat *st)
+{
+    for (size_t i = 0; i < c->n_dirs; i++)
+        if (c->dirs[i].dev == st->st_dev && c->dirs[i].ino == st->st_ino)
+            return true;
+    if (c->n_dirs == c->cap_dirs) {
+        size_t cap = c->cap_dirs ? c->cap_dirs * 2 : 64;
+        void *nd = realloc(c->dirs, cap * sizeof(*c->dirs));
+        if (!nd)
+            return true; /* out of memory: list no more directories */
+        c->dirs = nd;
+        c->cap_dirs = cap;
+    }
+    c->dirs[c->n_dirs].dev = st->st_dev;
+    c->dirs[c->n_dirs++].ino = st->st_ino;
+    return false;
+}
+
+/* Depth-first listing of regular files. Symlinks are followed (split folders often link to the
+ * originals); a directory reached twice is listed once, so link loops end. */
 static int walk(ms_ctx *c, const char *dir, int depth)
 {
     if (depth > 64) {
@@ -132,8 +161,10 @@ static int walk(ms_ctx *c, const char *dir, int depth)
     }
     DIR *d = opendir(dir);
     if (!d) {
-        fprintf(stderr, "mean-std: cannot open directory \"%s\": %m\n", dir);
-        return -1;
+        /* A subdirectory we may not read is reported and left out, like an unreadable file. */
+        fprintf(stderr, "mean-std: could not open directory \"%s\": %m%s\n", dir,
+                depth > 0 ? ", ignoring" : "");
+        return depth > 0 ? 0 : -1;
     }
     struct dirent *e;
     int rc = 0;
@@ -144,11 +175,12 @@ static int walk(ms_ctx *c, const char *dir, int depth)
         if (asprintf(&p, "%s/%s", dir, e->d_name) < 0)
             return closedir(d), -1;
         struct stat st;
-        if (lstat(p, &st) != 0) {
+        if (stat(p, &st) != 0) {
             fprintf(stderr, "mean-std: cannot stat \"%s\": %m, ignoring\n", p);
             free(p);
         } else if (S_ISDIR(st.st_mode)) {
-            rc = walk(c, p, depth + 1);
+            if (!seen_dir(c, &st))
+                rc = walk(c, p, depth + 1);
             free(p);
         } else if (S_ISREG(st.st_mode)) {
             rc = add_path(c, p);
@@ -363,19 +395,34 @@ int ctl_mean_std(int argc, char **argv)
         {"config", required_argument, NULL, 'c'}, {"jobs", required_argument, NULL, 'j'},
         {"strict", no_argument, NULL, 'S'},       {"json", no_argument, NULL, 'J'},
         {"verbose", no_argument, NULL, 'v'},      {"quiet", no_argument, NULL, 'q'},
-        {"help", no_argument, NULL, 'h'},         {0},
+        {"help", no_argument, NULL, 'h'},         {"metadata", required_argument, NULL, 'm'},
+        {0},
     };
     ms_ctx c = {.spec = nn_preproc_spec_default(), .img_params = nn_image_params_default(),
                 .dcm_limits = dicom_pixel_limits_default(), .frames = DICOM_FRAMES_FIRST};
     c.spec.normalize = false;
     const char *config_path = NULL, *frames = NULL;
     bool json = false, verbose = false, quiet = false;
+    const char *mkeys[16], *mvals[16];
+    size_t n_meta = 0;
     long jobs = sysconf(_SC_NPROCESSORS_ONLN);
     jobs = jobs < 1 ? 1 : jobs > 8 ? 8 : jobs;
     int o;
     optind = 0;
-    while ((o = getopt_long(argc, argv, "c:j:vqh", opts, NULL)) != -1) {
+    while ((o = getopt_long(argc, argv, "c:j:m:vqh", opts, NULL)) != -1) {
         switch (o) {
+        case 'm': {
+            char *eq = strchr(optarg, '=');
+            if (!eq || n_meta == 16) {
+                fprintf(stderr, "mean-std: --metadata \"%s\" must be KEY=VALUE (at most 16)\n",
+                        optarg);
+                return 2;
+            }
+            *eq = '\0';
+            mkeys[n_meta] = optarg;
+            mvals[n_meta++] = eq + 1;
+            break;
+        }
         case 's':
             if (!parse_size(optarg, &c.spec.height, &c.spec.width)) {
                 fprintf(stderr, "mean-std: --size \"%s\" must be H,W (e.g. 224,224)\n", optarg);
@@ -438,6 +485,11 @@ int ctl_mean_std(int argc, char **argv)
         return 2;
     }
     xr_error err = XR_ERROR_INIT;
+    if (n_meta && nn_preproc_spec_from_metadata(mkeys, mvals, n_meta, &c.spec, &err)) {
+        fprintf(stderr, "mean-std: %s\n", err.msg);
+        return 2;
+    }
+    c.spec.normalize = false;
     if (nn_preproc_spec_validate(&c.spec, &err)) {
         fprintf(stderr, "mean-std: %s\n", err.msg);
         return 2;
@@ -481,6 +533,8 @@ int ctl_mean_std(int argc, char **argv)
         size_t len = strlen(argv[i]);
         while (len > 1 && argv[i][len - 1] == '/')
             argv[i][--len] = '\0';
+        if (seen_dir(&c, &st))
+            continue;
         if (walk(&c, argv[i], 0) != 0) {
             fprintf(stderr, "mean-std: could not list \"%s\"\n", argv[i]);
             goto out;
@@ -639,6 +693,7 @@ out:
             free(c.res[i].why);
     }
     free(c.paths);
+    free(c.dirs);
     free(c.res);
     dicom_global_done();
     return ret;

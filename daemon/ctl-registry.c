@@ -241,7 +241,8 @@ static void print_rows(FILE *f, const registry_rows *rows, out_format fmt)
     for (size_t c = 0; c < n_cols; c++) {
         width[c] = strlen(registry_rows_name(rows, c));
         for (size_t r = 0; r < n_rows; r++) {
-            size_t w = strlen(table_text(registry_rows_kind(rows, c), registry_rows_value(rows, r, c)));
+            registry_kind k = registry_rows_kind(rows, c);
+            size_t w = strlen(table_text(k, registry_rows_value(rows, r, c)));
             if (w > width[c])
                 width[c] = w;
         }
@@ -983,6 +984,7 @@ static int cmd_export(ctl *c, int argc, char **argv)
         {0},
     };
     const char *out = NULL, *source = NULL, *task = "body_part", *seed = "1";
+    char seed_buf[24];
     const char *min_conf = "0.9";
     bool predicted = false, link_files = false, allow_missing = false;
     double ratios[3] = {0.7, 0.15, 0.15};
@@ -1049,13 +1051,15 @@ static int cmd_export(ctl *c, int argc, char **argv)
         case OPT_SEED: {
             char *end;
             errno = 0;
-            (void)strtoull(optarg, &end, 10);
-            if (errno || *end || !*optarg) {
+            unsigned long long v = strtoull(optarg, &end, 10);
+            if (errno || *end || !*optarg || optarg[0] == '-') {
                 fprintf(stderr, "export-dataset: --seed \"%s\" is not a non-negative integer\n",
                         optarg);
                 return 2;
             }
-            seed = optarg;
+            /* canonical digits: "007" and "7" are the same seed */
+            snprintf(seed_buf, sizeof(seed_buf), "%llu", v);
+            seed = seed_buf;
             break;
         }
         case OPT_LINK:

@@ -32,6 +32,7 @@
 #include <zlib.h>
 
 #include <algorithm>
+#include <memory>
 #include <utility>
 #include <vector>
 
@@ -365,10 +366,12 @@ xr_code read_attrs(Object &o, xr_error *err)
     a.codec = row->codec;
     a.lossy = row->lossy;
 
+    if (o.ds->tagExists(DCM_FloatPixelData) || o.ds->tagExists(DCM_DoubleFloatPixelData))
+        return fail(err, XR_E_UNSUPPORTED, o.src,
+                    "Float Pixel Data (7fe0,0008) or Double Float Pixel Data (7fe0,0009) is not "
+                    "supported");
     if (o.ds->findAndGetElement(DCM_PixelData, o.pixel, OFFalse).bad() || !o.pixel)
         return fail(err, XR_E_INPUT, o.src, "no Pixel Data (7fe0,0010) in the data set");
-    if (o.ds->tagExists(DCM_FloatPixelData) || o.ds->tagExists(DCM_DoubleFloatPixelData))
-        return fail(err, XR_E_UNSUPPORTED, o.src, "float pixel data is not supported");
 
     xr_code rc;
     if ((rc = need_us(o, DCM_Rows, "Rows", &a.rows, err)) ||
@@ -471,6 +474,30 @@ xr_code check_limits(Object &o, uint32_t n_decode, const dicom_pixel_limits *lim
 
 /* ---- frame decoding ------------------------------------------------------------------------ */
 
+/*
+ * A buffer that is not zeroed: std::vector would memset tens of MB per frame that the decoder
+ * overwrites anyway (measured: a quarter of the decode time of a 3000 x 2500 CR).
+ */
+template <typename T> struct RawBuf {
+    std::unique_ptr<T[]> p;
+    size_t n = 0;
+    void resize(size_t k)
+    {
+        if (k > n) {
+            p.reset(new T[k]);
+            n = k;
+        }
+    }
+    T *data()
+    {
+        return p.get();
+    }
+    size_t size() const
+    {
+        return n;
+    }
+};
+
 /* Mask to Bits Stored below High Bit and sign-extend; n samples of the stored width. */
 void to_stored(const Attrs &a, const void *buf, size_t n, int32_t *out)
 {
@@ -533,7 +560,7 @@ unsigned jpeg_precision(const uint8_t *d, size_t n)
 
 struct FrameReader {
     Object &o;
-    std::vector<uint8_t> buf;     /* one frame as the decoder writes it */
+    RawBuf<uint8_t> buf;          /* one frame as the decoder writes it */
     std::vector<int32_t> tmp;     /* scratch for interleaving */
     std::vector<uint8_t> j2k;     /* one JPEG 2000 frame's fragments */
     DcmFileCache cache;
@@ -1091,7 +1118,8 @@ xr_code image_read(const char *path, const void *buf, size_t n, dicom_frame_poli
     dicom_image img;
     memset(&img, 0, sizeof(img));
     try {
-        std::vector<int32_t> v(n_px * a.samples);
+        RawBuf<int32_t> v;
+        v.resize(n_px * a.samples);
         char cm[17];
         for (uint32_t f = 0; f < n_decode; f++) {
             if ((rc = fr.read(f, v.data(), cm, sizeof(cm), err))) {

@@ -370,24 +370,54 @@ xr_code nn_preproc_resize(nn_preproc *pp, const float *in, uint32_t channels, ui
         pp->tmp_cap = tmp_n;
     }
     const aa_axis *hx = &pp->hor, *vy = &pp->ver;
+    /* Same operations per output value as aa_dot, in the same order; only the loop nesting
+     * differs (four rows at once horizontally, whole rows vertically) so that independent sums
+     * overlap instead of waiting on one another. */
     for (uint32_t c = 0; c < channels; c++) {
         const float *src = in + (size_t)c * in_h * in_w;
         /* Horizontal pass (aten resamples the contiguous dimension first). */
-        for (uint32_t y = 0; y < in_h; y++) {
+        uint32_t y = 0;
+        for (; y + 4 <= in_h; y += 4) {
+            const float *r0 = src + (size_t)y * in_w, *r1 = r0 + in_w, *r2 = r1 + in_w,
+                        *r3 = r2 + in_w;
+            float *t0 = pp->tmp + (size_t)y * out_w;
+            for (uint32_t x = 0; x < out_w; x++) {
+                const float *w = hx->w + (size_t)x * hx->taps;
+                const uint32_t s = hx->start[x], n = hx->size[x];
+                float a0 = r0[s] * w[0], a1 = r1[s] * w[0], a2 = r2[s] * w[0], a3 = r3[s] * w[0];
+                for (uint32_t j = 1; j < n; j++) {
+                    a0 += r0[s + j] * w[j];
+                    a1 += r1[s + j] * w[j];
+                    a2 += r2[s + j] * w[j];
+                    a3 += r3[s + j] * w[j];
+                }
+                t0[x] = a0;
+                t0[out_w + x] = a1;
+                t0[2 * (size_t)out_w + x] = a2;
+                t0[3 * (size_t)out_w + x] = a3;
+            }
+        }
+        for (; y < in_h; y++) {
             const float *row = src + (size_t)y * in_w;
             float *t = pp->tmp + (size_t)y * out_w;
             for (uint32_t x = 0; x < out_w; x++)
                 t[x] = aa_dot(row + hx->start[x], 1, hx->w + (size_t)x * hx->taps, hx->size[x]);
         }
-        /* Vertical pass. */
+        /* Vertical pass: out = tmp[start] * w[0], then += tmp[start + j] * w[j], row by row. */
         float *dst = out + (size_t)c * out_plane;
-        for (uint32_t y = 0; y < out_h; y++) {
-            const float *w = vy->w + (size_t)y * vy->taps;
-            const float *base = pp->tmp + (size_t)vy->start[y] * out_w;
-            float *o = dst + (size_t)y * out_stride;
-            uint32_t n = vy->size[y];
+        for (uint32_t oy = 0; oy < out_h; oy++) {
+            const float *w = vy->w + (size_t)oy * vy->taps;
+            const float *base = pp->tmp + (size_t)vy->start[oy] * out_w;
+            float *o = dst + (size_t)oy * out_stride;
+            const float w0 = w[0];
             for (uint32_t x = 0; x < out_w; x++)
-                o[x] = aa_dot(base + x, out_w, w, n);
+                o[x] = base[x] * w0;
+            for (uint32_t j = 1; j < vy->size[oy]; j++) {
+                const float *r = base + (size_t)j * out_w;
+                const float wj = w[j];
+                for (uint32_t x = 0; x < out_w; x++)
+                    o[x] += r[x] * wj;
+            }
         }
     }
     return XR_OK;

@@ -58,7 +58,10 @@ enum {
 
 static const char cursor_sql[] =
     "DECLARE xr_audit NO SCROLL CURSOR FOR"
-    " SELECT seq, id, (extract(epoch FROM at) * 1000000)::bigint, txid, db_role, login_role,"
+    /* Whole seconds and microseconds apart: before PostgreSQL 14 extract() returns a double,
+     * which cannot hold epoch microseconds exactly. */
+    " SELECT seq, id, extract(epoch FROM date_trunc('second', at))::bigint * 1000000"
+    " + extract(microseconds FROM at)::bigint % 1000000, txid, db_role, login_role,"
     " actor, application_name, client_addr, action, table_name, row_key, old_row::text,"
     " new_row::text, encode(prev_hash, 'hex'), encode(hash, 'hex')"
     " FROM xreg.audit_log ORDER BY seq";
@@ -305,7 +308,8 @@ static xr_code verify_in_txn(registry *reg, walker *w, xr_error *err)
         broken(w, head_seq, NULL,
                "the chain head records seq %" PRId64 " but the last row is seq %" PRId64
                ": rows at the end were %s",
-               head_seq, w->last_seq, head_seq > w->last_seq ? "deleted" : "added around the chain");
+               head_seq, w->last_seq,
+               head_seq > w->last_seq ? "deleted" : "added around the chain");
     else if (w->last_seq > 0 && strcmp(head_hash, last_hex) != 0)
         broken(w, head_seq, w->last_id,
                "the chain head's hash %.16s... differs from the last row's %.16s...: the tail "

@@ -34,7 +34,6 @@
 #include "registry.h"
 
 enum {
-    STMT_SET_ACTOR,
     STMT_PATIENT_UPSERT,
     STMT_PATIENT_ID,
     STMT_STUDY_UPSERT,
@@ -46,7 +45,7 @@ enum {
     STMT_REJECTION_INSERT,
     /* Migration 0002 and later: kept after the 0001 statements, so that preparing against a
      * database without the schema fails on the first of those (42P01), as it always did. */
-    STMT_CHAIN_LOCK,
+    STMT_SET_ACTOR,
     STMT_MODEL_UPSERT,
     STMT_MODEL_ID,
     STMT_PREDICTION,
@@ -60,12 +59,15 @@ static const struct {
     int n_params;
     const char *sql;
 } statements[STMT_MAX] = {
-    /* lock_timeout: a transaction someone left open in psql after changing registry rows holds
-     * the audit chain; waiting for it forever would stall the workers (and trip the watchdog),
-     * while 55P03 is transient and retried with backoff. */
+    /* The first statement of every write transaction: the actor for the audit rows, then the
+     * audit chain's lock (one lock order for all writers). lock_timeout comes before the lock:
+     * a transaction someone left open in psql after changing registry rows holds the chain, and
+     * waiting for it forever would stall the workers (and trip the watchdog), while 55P03 is
+     * transient and retried with backoff. The target list is evaluated left to right. */
     [STMT_SET_ACTOR] = {"xr_set_actor", 1,
                         "SELECT set_config('xreg.actor', $1, true),"
-                        " set_config('lock_timeout', '" REGISTRY_LOCK_TIMEOUT "', true)"},
+                        " set_config('lock_timeout', '" REGISTRY_LOCK_TIMEOUT "', true),"
+                        " xreg.audit_serialize()"},
     [STMT_PATIENT_UPSERT] = {"xr_patient_upsert", 5,
                              "INSERT INTO xreg.patient AS t"
                              " (patient_id, issuer_of_patient_id, patient_name, birth_date, sex)"
@@ -182,7 +184,6 @@ static const struct {
          "  sop_instance_uid, dimse_status, reason, path)"
          " VALUES ($1, COALESCE($2::timestamptz, now()), $3, $4, $5, $6, $7, $8, $9, $10)"
          " ON CONFLICT (spool_id) DO NOTHING"},
-    [STMT_CHAIN_LOCK] = {"xr_chain_lock", 0, "SELECT xreg.audit_serialize()"},
     [STMT_MODEL_UPSERT] = {"xr_model_upsert", 7,
                            "INSERT INTO xreg.model AS t"
                            " (name, sha256, task, labels, positive_label, version, metadata)"
@@ -393,8 +394,6 @@ static xr_code run_write_txn(registry *reg, const char *actor, txn_body_fn body,
         if (rc == XR_OK)
             rc = registry_exec_prepared(reg, statements[STMT_SET_ACTOR].name, 1, actor_param, NULL,
                                         &e);
-        if (rc == XR_OK)
-            rc = registry_exec_prepared(reg, statements[STMT_CHAIN_LOCK].name, 0, NULL, NULL, &e);
         if (rc == XR_OK)
             rc = body(reg, ctx, &e);
         if (rc == XR_OK)

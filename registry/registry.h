@@ -19,6 +19,9 @@
  * errors, class 22/23, XR_E_INTERNAL otherwise), with err->sqlstate set. err->msg is one line
  * (the server's primary message with context in front); err->detail has the server's DETAIL,
  * HINT and CONTEXT, or the rest of libpq's message.
+ * Every write transaction first takes the audit chain's lock (xreg.audit_serialize, migration
+ * 0002), so writers across all xregd instances run one at a time; a wait longer than 10 s
+ * (lock_timeout) is 55P03, XR_E_TRANSIENT.
  * After a lost connection the handle stays valid: the next call reconnects (PQreset), and the
  * write functions retry once by themselves when the connection turns out to have died while
  * idle (server restarted since the last call).
@@ -222,7 +225,7 @@ typedef struct registry_prediction {
     size_t n_probabilities;
     const char *preprocessing;   /* fingerprint of the preprocessing, may be NULL */
     /* implant/fracture: decide "positive" when its probability >= threshold, in (0, 1)
-     * (migration 0004); 0: the most probable class. Ignored for body_part. */
+     * (migration 0005); 0: the most probable class. Ignored for body_part. */
     double threshold;
 } registry_prediction;
 
@@ -238,7 +241,7 @@ registry_instance_upsert_predictions(registry *reg, const registry_instance *ins
                                      const registry_prediction *preds, size_t n_preds,
                                      const char *actor, bool *ret_inserted, xr_error *err);
 
-/* Why an instance could not be (fully) classified (xreg.classification_issue, migration 0004). */
+/* Why an instance could not be (fully) classified (xreg.classification_issue, migration 0005). */
 typedef struct registry_classify_issue {
     const char *task;        /* REGISTRY_TASK_* of the model that failed; NULL: none could run */
     const char *reason_code; /* required, [a-z_]{1,32}: unsupported, limit, no_pixels,

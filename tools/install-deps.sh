@@ -17,8 +17,12 @@ packages=(
   postgresql-15 postgresql-client-15
   # test: real DICOM peers, fixture makers, the pytest driver
   dcmtk libgdcm-tools python3 python3-pytest python3-psycopg2 python3-pydicom python3-numpy
-  # pixels: OpenJPEG for JPEG 2000; pillow for pydicom's JPEG reference decoding
-  libopenjp2-7-dev python3-pil
+  # pixels: OpenJPEG for JPEG 2000, zlib to bound deflated objects; Pillow and GDCM's Python
+  # binding as pydicom's reference decoders in the tests and the decode benchmark;
+  # opj_compress for the YBR_RCT/ICT fixtures
+  libopenjp2-7-dev zlib1g-dev libopenjp2-tools python3-pil python3-gdcm
+  # the ASan/UBSan build and the libFuzzer target (tests/pixels/sanitized.sh)
+  clang libclang-rt-14-dev
   # nn/ preprocessing parity with the training side (PIL + torchvision)
   python3-torch python3-torchvision
   # benchmarks only: Orthanc as a peer to compare with

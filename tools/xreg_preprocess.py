@@ -139,6 +139,9 @@ def load_image(src: Union[str, os.PathLike, bytes], channels: int = 3) -> torch.
     """Decode a PNG or JPEG file (or its bytes) as nn_image_read_file does."""
     f = io.BytesIO(src) if isinstance(src, bytes) else src
     with Image.open(f) as im:
+        if im.format not in ("PNG", "JPEG"):
+            # xreg reads PNG and JPEG only (and DICOM); a dataset must not train on more.
+            raise ValueError(f"{im.format} image: xreg reads PNG and JPEG files only")
         im.load()
         return pil_to_tensor01(im, channels)
 

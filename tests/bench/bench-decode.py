@@ -17,16 +17,19 @@ Contenders, each the median of --runs:
                      (parse, decode, grayscale to float [0,1], 0.5/99.5 percentile window)
   xreg process       one `xregctl dicom-decode FILE` (adds process start and dictionary load)
   pydicom+numpy      dcmread + pixel_array + the same grayscale in numpy (pixref.grayscale),
-                     in this Python process; JPEG lossless needs pylibjpeg or GDCM's Python
-                     binding, neither in Debian 12's pydicom, so it is "n/a" there
+                     in this Python process (JPEG lossless through pydicom's GDCM handler,
+                     Debian python3-gdcm; "n/a" without it)
   dcm2pnm            `dcm2pnm +Wm --write-16-bit-pnm FILE out.pgm` (min-max window, 16-bit PGM),
-                     one process per run like "xreg process"
-Ratios are contender / xreg (higher = xreg faster).
+                     one process per run like "xreg process"; for JPEG its JPEG-enabled twin
+                     dcmj2pnm (Debian's dcm2pnm has no JPEG decoder registered)
+Every row gives wall time and, in brackets, CPU time (user + sys: of the child for process
+rows, of the process for in-process rows), which is steadier on a shared machine. Ratios are contender / xreg (higher = xreg faster).
 """
 import argparse
 import importlib.util
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -49,13 +52,28 @@ def load_generator():
     return m
 
 
-def timed(fn, runs):
-    t = []
+def timed_proc(cmd, runs):
+    """Median wall and CPU ms of running cmd."""
+    wall, cpu = [], []
     for _ in range(runs):
+        u0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
+        subprocess.run(cmd, check=True, capture_output=True)
+        wall.append((time.perf_counter() - t0) * 1e3)
+        u1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu.append((u1.ru_utime - u0.ru_utime + u1.ru_stime - u0.ru_stime) * 1e3)
+    return statistics.median(wall), statistics.median(cpu)
+
+
+def timed(fn, runs):
+    """Median wall and CPU ms of fn() in this process."""
+    t, c = [], []
+    for _ in range(runs):
+        t0, c0 = time.perf_counter(), time.process_time()
         fn()
         t.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(t)
+        c.append((time.process_time() - c0) * 1e3)
+    return statistics.median(t), statistics.median(c)
 
 
 def main():
@@ -86,8 +104,8 @@ def main():
             r = subprocess.run([xregctl, "dicom-decode", "--json", "--repeat", str(a.runs), f],
                                capture_output=True, text=True, check=True)
             inproc = json.loads(r.stdout)["decode_ms"]
-            proc = timed(lambda: subprocess.run([xregctl, "dicom-decode", f], check=True,
-                                                capture_output=True), a.runs)
+            inproc_cpu = json.loads(r.stdout)["decode_cpu_ms"]
+            proc, proc_cpu = timed_proc([xregctl, "dicom-decode", f], a.runs)
 
             def pyd():
                 x = pydicom.dcmread(f)
@@ -95,24 +113,28 @@ def main():
                 pixref.grayscale(x, arr[None, ..., None], x.PhotometricInterpretation)
             try:
                 pyd()
-                py = timed(pyd, a.runs)
+                py, py_cpu = timed(pyd, a.runs)
             except Exception as e:  # no handler for this transfer syntax
-                py = None
-                why = str(e).splitlines()[0][:80]
+                py = py_cpu = None
+                why = f"{type(e).__name__}: no pydicom handler for it (python3-gdcm missing?)"
             out = os.path.join(d, "o.pgm")
-            dcm = timed(lambda: subprocess.run(["dcm2pnm", "+Wm", "--write-16-bit-pnm", f, out],
-                                               check=True, capture_output=True), a.runs)
-            results.append((label, inproc, proc, py, dcm))
+            tool = "dcm2pnm" if f == raw else "dcmj2pnm"
+            dcm, dcm_cpu = timed_proc([tool, "+Wm", "--write-16-bit-pnm", f, out], a.runs)
+            results.append((label, inproc, inproc_cpu, proc, proc_cpu, py, py_cpu, dcm, dcm_cpu))
             print(f"  {label}:")
-            print(f"    xreg in-process   {inproc:8.1f}")
-            print(f"    xreg process      {proc:8.1f}")
+            print(f"    xreg in-process   {inproc:8.1f}  [{inproc_cpu:.0f} CPU]")
+            print(f"    xreg process      {proc:8.1f}  [{proc_cpu:.0f} CPU]")
             if py is None:
                 print(f"    pydicom+numpy          n/a  ({why})")
             else:
-                print(f"    pydicom+numpy     {py:8.1f}   x{py / inproc:.1f} of xreg in-process")
-            print(f"    dcm2pnm process   {dcm:8.1f}   x{dcm / proc:.2f} of xreg process")
-        print("json: " + json.dumps([dict(zip(("file", "xreg_inprocess_ms", "xreg_process_ms",
-                                               "pydicom_numpy_ms", "dcm2pnm_process_ms"), r))
+                print(f"    pydicom+numpy     {py:8.1f}  [{py_cpu:.0f} CPU]  x{py / inproc:.1f} of xreg "
+                      f"in-process wall, x{py_cpu / max(inproc_cpu, 1e-3):.1f} CPU")
+            print(f"    {tool + ' process':17} {dcm:8.1f}  [{dcm_cpu:.0f} CPU]  x{dcm / proc:.2f} "
+                  f"of xreg process wall, x{dcm_cpu / max(proc_cpu, 1e-3):.2f} CPU")
+        print("json: " + json.dumps([dict(zip(("file", "xreg_inprocess_ms", "xreg_inprocess_cpu_ms",
+                                               "xreg_process_ms", "xreg_process_cpu_ms",
+                                               "pydicom_numpy_ms", "pydicom_numpy_cpu_ms",
+                                               "dcm2pnm_process_ms", "dcm2pnm_process_cpu_ms"), r))
                                      for r in results]))
     return 0
 

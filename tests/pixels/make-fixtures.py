@@ -7,8 +7,8 @@ Sources are synthetic radiograph-like images written with pydicom (every native 
 depths, signedness, garbage above High Bit, MONOCHROME1/2, RGB by pixel and by plane,
 YBR_FULL, YBR_FULL_422, big endian, multi-frame, padding, LUTs, window functions); compressed
 fixtures are made from them with DCMTK (dcmcjpeg, dcmcjpls, dcmcrle, dcmconv for deflate and
-implicit VR) and GDCM (gdcmconv for JPEG 2000). Nothing here is committed data: all of it is
-regenerated at each run.
+implicit VR), GDCM (gdcmconv for JPEG 2000) and OpenJPEG (opj_compress: YBR_RCT, YBR_ICT).
+Nothing here is committed data: all of it is regenerated at each run.
 
 Manifest rows: {"name", "path", "ts", "lossy", "frames"}.
 """
@@ -20,6 +20,7 @@ import sys
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
+from pydicom.encaps import encapsulate
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, ExplicitVRBigEndian, generate_uid
 
@@ -257,6 +258,27 @@ def main(out, R=240, C=200):
     derive("j2k_lossless_multiframe", mf, ["gdcmconv", "--j2k"], J + "90", False, frames=3)
     derive("j2k_lossy_16_12", m16_12, ["gdcmconv", "--j2k", "--lossy", "-q", "45"], J + "91", True)
     derive("j2k_lossy_rgb8", rgb8, ["gdcmconv", "--j2k", "--lossy", "-q", "45"], J + "91", True)
+    # YBR_RCT / YBR_ICT: OpenJPEG's encoder applies the component transform that GDCM's skips
+    for name, ts, pi, extra in (("j2k_ybr_rct", J + "90", "YBR_RCT", []),
+                                ("j2k_ybr_ict", J + "91", "YBR_ICT", ["-I", "-r", "8"])):
+        rgb = rgb_image(R, C)
+        ppm = os.path.join(out, name + ".ppm")
+        with open(ppm, "wb") as f:
+            f.write(b"P6\n%d %d\n255\n" % (C, R) + rgb.astype(np.uint8).tobytes())
+        j2k = os.path.join(out, name + ".j2k")
+        run(["opj_compress", "-i", ppm, "-o", j2k, "-mct", "1", "-n", "3"] + extra)
+        ds = base(SC, ts=ts)
+        ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, pi, 0
+        ds.Rows, ds.Columns = R, C
+        ds.BitsAllocated = ds.BitsStored = 8
+        ds.HighBit, ds.PixelRepresentation = 7, 0
+        ds.PixelData = encapsulate([open(j2k, "rb").read()])
+        ds["PixelData"].VR = "OB"
+        ds["PixelData"].is_undefined_length = True
+        save(name, ds)
+        rows[-1]["lossy"] = ts == J + "91"
+        os.unlink(ppm)
+        os.unlink(j2k)
     with open(os.path.join(out, "manifest.json"), "w") as f:
         json.dump(rows, f, indent=1)
     print(f"make-fixtures: {len(rows)} fixtures in {out}")

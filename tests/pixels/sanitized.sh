@@ -22,6 +22,9 @@ if [ ! -f "$bd/build.ninja" ]; then
         { cat "$bd.setup.log"; exit 1; }
 fi
 ninja -C "$bd" daemon/xregctl tests/fuzz/fuzz-dicom-pixels >/dev/null
+for exe in daemon/xregctl tests/fuzz/fuzz-dicom-pixels; do
+    [ -x "$bd/$exe" ] || { echo "sanitized: $bd/$exe was not built"; exit 1; }
+done
 
 export ASAN_OPTIONS=detect_leaks=1:exitcode=86:strict_string_checks=1
 export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1:exitcode=87

@@ -74,12 +74,25 @@ def test_native_is_independent_of_dcmtk(fixtures):
     assert np.array_equal(raw, clean)
 
 
+def pixel_array_with(ds, handler_name):
+    """ds.pixel_array decoded by one pydicom handler only."""
+    import pydicom.config
+    saved = pydicom.config.pixel_data_handlers
+    try:
+        pydicom.config.pixel_data_handlers = [
+            h for h in saved if h.__name__.endswith("." + handler_name)]
+        assert pydicom.config.pixel_data_handlers, handler_name
+        return ds.pixel_array.astype(np.int64)
+    finally:
+        pydicom.config.pixel_data_handlers = saved
+
+
 def test_jpeg_baseline_against_pillow(fixtures):
     """A second, independent reference for JPEG baseline: pydicom's Pillow (libjpeg-turbo)."""
     for name in ("jpeg_baseline_mono8", "jpeg_baseline_rgb8_ybrfull"):
         fx = fixtures[name]
         ds = pydicom.dcmread(fx["path"])
-        ref = ds.pixel_array.astype(np.int64)
+        ref = pixel_array_with(ds, "pillow_handler")
         rc, info, raw, gray, err = pixref.xreg_decode(fx["path"])
         assert rc == 0, err
         got = raw[0, ..., 0] if raw.shape[3] == 1 else raw[0]
@@ -96,13 +109,37 @@ def test_rle_against_pydicom(fixtures):
     for name in ("rle_16_12", "rle_16_16s", "rle_rgb8", "rle_multiframe"):
         fx = fixtures[name]
         ds = pydicom.dcmread(fx["path"])
-        ref = ds.pixel_array.astype(np.int64)
+        ref = pixel_array_with(ds, "rle_handler")
         rc, info, raw, gray, err = pixref.xreg_decode(fx["path"], frames="all")
         assert rc == 0, err
         got = raw[..., 0] if raw.shape[3] == 1 else raw
         if got.shape[0] == 1:
             got = got[0]
         assert np.array_equal(got, ref), name
+
+
+@pytest.mark.parametrize("name", [
+    "jpeg_lossless_16_12", "jpeg_lossless_sv1_16_16u", "jpeg_lossless_sv1_16_12s",
+    "jpeg_lossless_sv1_rgb8", "jpeg_lossless_sv1_multiframe", "jpegls_lossless_16_12",
+    "jpegls_lossless_16_16s", "jpegls_lossless_mono8", "jpegls_lossless_rgb8",
+    "j2k_lossless_16_12", "j2k_lossless_16_16s", "j2k_lossless_rgb8"])
+def test_lossless_against_pydicom_gdcm(fixtures, name):
+    """Lossless JPEG, JPEG-LS and JPEG 2000 against pydicom's GDCM handler (Debian
+    python3-gdcm): a decoder other than DCMTK's for JPEG/JPEG-LS, bit-exact."""
+    fx = fixtures[name]
+    ds = pydicom.dcmread(fx["path"])
+    ref = pixel_array_with(ds, "gdcm_handler")
+    rc, info, raw, gray, err = pixref.xreg_decode(fx["path"], frames="all")
+    assert rc == 0, err
+    got = raw[..., 0] if raw.shape[3] == 1 else raw
+    if got.shape[0] == 1:
+        got = got[0]
+    bs = int(ds.BitsStored)
+    if int(ds.PixelRepresentation) == 0:
+        ref = ref & ((1 << bs) - 1)
+    assert got.shape == ref.shape
+    d = np.abs(got - ref)
+    assert d.max() == 0, f"{name}: differs from GDCM by up to {d.max()}"
 
 
 def test_frame_policy(fixtures):

@@ -75,7 +75,8 @@ static buf make_png(uint32_t w, uint32_t h, int depth, int ctype, const uint8_t 
 }
 
 /* ---- a JPEG encoder through libjpeg -------------------------------------------------------- */
-static buf make_jpeg(uint32_t w, uint32_t h, int components, J_COLOR_SPACE cs)
+static buf make_jpeg_ex(uint32_t w, uint32_t h, int components, J_COLOR_SPACE cs,
+                        bool progressive)
 {
     struct jpeg_compress_struct c;
     struct jpeg_error_mgr e;
@@ -90,6 +91,8 @@ static buf make_jpeg(uint32_t w, uint32_t h, int components, J_COLOR_SPACE cs)
     c.in_color_space = cs;
     jpeg_set_defaults(&c);
     jpeg_set_quality(&c, 90, TRUE);
+    if (progressive)
+        jpeg_simple_progression(&c);
     jpeg_start_compress(&c, TRUE);
     uint8_t *row = malloc((size_t)w * components);
     for (uint32_t y = 0; y < h; y++) {
@@ -105,6 +108,11 @@ static buf make_jpeg(uint32_t w, uint32_t h, int components, J_COLOR_SPACE cs)
     memcpy(b.p, out, n);
     free(out);
     return b;
+}
+
+static buf make_jpeg(uint32_t w, uint32_t h, int components, J_COLOR_SPACE cs)
+{
+    return make_jpeg_ex(w, h, components, cs, false);
 }
 
 static xr_code decode(const buf *b, const nn_image_params *p, nn_image *img, xr_error *err)
@@ -390,6 +398,40 @@ static void test_jpeg_bad_sizes_and_kinds(void **state)
     free(b.p);
 }
 
+/* A progressive JPEG whose last scan is repeated: libjpeg would decode every copy (a hostile
+ * file can make decoding take minutes); past XR_JPEG_MAX_SCANS it is a limit error. */
+static void test_jpeg_too_many_scans(void **state)
+{
+    (void)state;
+    buf b = make_jpeg_ex(16, 16, 1, JCS_GRAYSCALE, true);
+    size_t last_sos = 0;
+    for (size_t i = 2; i + 1 < b.n; i++)
+        if (b.p[i] == 0xff && b.p[i + 1] == 0xda)
+            last_sos = i;
+    assert_true(last_sos > 0);
+    size_t scan = b.n - 2 - last_sos; /* the last scan, up to EOI */
+    for (int copies = 0; copies < 2; copies++) {
+        int n = copies ? 1100 : 100;
+        buf m = {0};
+        put(&m, b.p, b.n - 2);
+        for (int k = 0; k < n; k++)
+            put(&m, b.p + last_sos, scan);
+        put(&m, b.p + b.n - 2, 2);
+        nn_image img = {0};
+        xr_error err = XR_ERROR_INIT;
+        xr_code rc = decode(&m, NULL, &img, &err);
+        if (copies == 0) {
+            assert_int_equal(rc, XR_OK); /* a few extra scans are tolerated, as by PIL */
+            nn_image_done(&img);
+        } else {
+            assert_int_equal(rc, XR_E_LIMIT);
+            assert_non_null(strstr(err.msg, "more than 1000 progressive scans"));
+        }
+        free(m.p);
+    }
+    free(b.p);
+}
+
 static void test_garbage_never_crashes(void **state)
 {
     (void)state;
@@ -428,6 +470,7 @@ int main(void)
         cmocka_unit_test(test_png_limits_at_and_past),
         cmocka_unit_test(test_jpeg_truncated_everywhere),
         cmocka_unit_test(test_jpeg_bad_sizes_and_kinds),
+        cmocka_unit_test(test_jpeg_too_many_scans),
         cmocka_unit_test(test_garbage_never_crashes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

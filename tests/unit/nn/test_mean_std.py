@@ -176,6 +176,19 @@ def test_text_output_jobs_and_order(dataset):
     assert np.allclose([float(v) for v in lines[0]["xreg.std"].split(",")], j["std"], atol=1e-6)
 
 
+def test_metadata_options(dataset):
+    a = run(["--size", "97,31", "--channels", "1", "--resize", "letterbox", "--json", str(dataset)])
+    b = run(["-m", "xreg.input_size=97,31", "-m", "xreg.channels=1", "-m", "xreg.resize=letterbox",
+             "-m", "xreg.mean=0.5", "-m", "xreg.labels=a,b", "--json", str(dataset)])
+    assert a.returncode == 0 and b.returncode == 0, (a.stderr, b.stderr)
+    ja, jb = json.loads(a.stdout), json.loads(b.stdout)
+    assert ja["mean"] == jb["mean"] and ja["std"] == jb["std"] and jb["channels"] == 1
+    r = run(["-m", "xreg.channels=3", str(dataset)])
+    assert r.returncode == 2 and 'no "xreg.input_size"' in r.stderr
+    r = run(["-m", "xreg.input_size", str(dataset)])
+    assert r.returncode == 2 and "KEY=VALUE" in r.stderr
+
+
 def test_strict_stops_at_unreadable(dataset):
     r = run(["--strict", str(dataset)])
     assert r.returncode == 1
@@ -198,6 +211,21 @@ def test_no_images_and_usage_errors(tmp_path):
         r = run(args)
         assert r.returncode == 2, (args, r.stderr)
         assert needle in r.stderr, (args, r.stderr)
+
+
+def test_symlinks_followed_and_loops_end(tmp_path):
+    d = tmp_path / "set"
+    (d / "train").mkdir(parents=True)
+    Image.fromarray(smooth(30, 40, 1).astype(np.uint8), "L").save(tmp_path / "orig.png")
+    (d / "train" / "x.png").symlink_to(tmp_path / "orig.png")
+    (d / "train" / "loop").symlink_to(d)        # back to the root
+    (d / "train" / "self").symlink_to(".")      # to itself
+    (d / "dangling.png").symlink_to(tmp_path / "missing.png")
+    r = run(["--json", str(d)])
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    assert got["files"]["found"] == 1 and got["files"]["used"] == 1
+    assert "dangling.png" in r.stderr  # reported, not fatal
 
 
 def test_progress_only_on_a_terminal(dataset):
@@ -239,12 +267,7 @@ def test_real_xray_folder_smoke(tmp_path):
     picked = sorted(p for p in data.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
     picked = picked[::max(1, len(picked) // 40)][:40]
     for i, p in enumerate(picked):
-        (tmp_path / f"{i:03d}{p.suffix.lower()}").symlink_to(p)
-    # symlinks are not followed by the walk: copy instead
-    for q in tmp_path.iterdir():
-        target = q.resolve()
-        q.unlink()
-        q.write_bytes(target.read_bytes())
+        (tmp_path / f"{i:03d}{p.suffix.lower()}").symlink_to(p)  # links are followed
     spec = xp.PreprocSpec(height=224, width=224, channels=3, resize="letterbox")
     r = run(["--resize", "letterbox", "--json", str(tmp_path)])
     assert r.returncode == 0, r.stderr

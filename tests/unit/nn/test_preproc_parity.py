@@ -306,6 +306,16 @@ def test_pipeline_real_xrays(tmp_path):
             check_pipeline(tmp_path, path, meta, "pipeline real")
 
 
+def test_other_formats_refused_by_both(tmp_path):
+    p = tmp_path / "x.tiff"
+    Image.fromarray(np.zeros((4, 4), np.uint8), "L").save(p)
+    r = subprocess.run([DUMP, "--decode-only", "--image", str(p), str(tmp_path / "o")],
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and "not a PNG or JPEG file" in r.stderr
+    with pytest.raises(ValueError, match="PNG and JPEG files only"):
+        xp.load_image(str(p))
+
+
 # ---------------------------------------------------------------------------------------------
 # Metadata errors and limits through the same driver.
 @pytest.mark.parametrize("meta,needle", [

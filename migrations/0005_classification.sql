@@ -1,6 +1,5 @@
--- 0004_classification.sql: what xregd's classification adds to the registry (issue 6).
--- (Numbered 0004 so that it sorts after 0003_lookups.sql, developed at the same time; the two
--- touch different objects.)
+-- 0005_classification.sql: what xregd's classification adds to the registry (issue 6).
+-- (Developed beside 0003_lookups.sql and 0004_audit_speed.sql; they touch different objects.)
 --
 -- 1. xreg.classification_issue: an instance registered without some or all of its predictions,
 --    and why (unsupported transfer syntax, a pixels.* limit, no pixel data, a decode or model
