@@ -166,6 +166,8 @@ static int csv_next(FILE *in, csv_row *r, size_t *line_no)
         r->line[--l] = '\0';
     r->n = 0;
     char *p = r->line, *w;
+    if (*line_no == 1 && strncmp(p, "\xEF\xBB\xBF", 3) == 0)
+        p += 3; /* a UTF-8 byte order mark (spreadsheet exports) */
     for (;;) {
         if (r->n == r->cap) {
             size_t nc = r->cap ? 2 * r->cap : 16;
@@ -247,6 +249,7 @@ typedef struct sample {
 typedef struct truth_set {
     sample *s;
     size_t n, cap;
+    size_t n_skipped; /* files of the label folders that are not images */
     char *source;
 } truth_set;
 
@@ -406,7 +409,27 @@ static int walk(const char *dir, char ***paths, size_t *n, size_t *cap)
     return rc;
 }
 
-static int read_truth_dir(const char *dir, truth_set *t)
+/* An image by its content, as xregctl mean-std decides: PNG/JPEG signature, the DICOM preamble,
+ * or a data set dicom_header_read accepts (bare implicit VR files). READMEs, CSVs, TIFFs: no. */
+static bool is_image(const char *path)
+{
+    unsigned char b[132] = {0};
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return true; /* let the reader report why */
+    size_t n = fread(b, 1, sizeof(b), f);
+    fclose(f);
+    nn_image_format fmt = nn_image_format_detect(b, n);
+    if (fmt == NN_IMAGE_FORMAT_PNG || fmt == NN_IMAGE_FORMAT_JPEG ||
+        (n == 132 && memcmp(b + 128, "DICM", 4) == 0))
+        return true;
+    dicom_header h;
+    xr_error err = XR_ERROR_INIT;
+    return dicom_header_read(path, &h, &err) == XR_OK ||
+           !(err.code == XR_E_INPUT && strstr(err.msg, "not a DICOM file"));
+}
+
+static int read_truth_dir(const char *dir, truth_set *t, bool verbose)
 {
     DIR *d = opendir(dir);
     if (!d) {
@@ -453,6 +476,12 @@ static int read_truth_dir(const char *dir, truth_set *t)
         for (size_t k = 0; k < n; k++) {
             if (!wr && add_sample(t, paths[k], paths[k], NULL, labels[i]))
                 wr = 1;
+            if (!wr && !is_image(paths[k])) {
+                t->s[t->n - 1].skipped = true;
+                t->n_skipped++;
+                if (verbose)
+                    fprintf(stderr, "skipped (not an image): %s\n", paths[k]);
+            }
             free(paths[k]);
         }
         free(paths);
@@ -1034,7 +1063,7 @@ static void write_metrics_json(FILE *f, const candidate *c, const eval_result *r
     }
     fprintf(f, "],\n  \"n\": %zu, \"n_truth_rows\": %zu, \"n_without_prediction\": %zu, "
             "\"n_unreadable\": %zu, \"n_skipped\": %zu,\n",
-            n_used, t->n, c->n_missing, c->n_unreadable, c->n_skipped);
+            n_used, t->n, c->n_missing, c->n_unreadable, c->n_skipped + t->n_skipped);
     fprintf(f, "  \"accuracy\": ");
     json_num(f, r->accuracy, true);
     fprintf(f, ", \"log_loss\": ");
@@ -1059,6 +1088,21 @@ static void write_metrics_json(FILE *f, const candidate *c, const eval_result *r
         json_num(f, ec->recall, ec->recall_defined);
         fprintf(f, ", \"f1\": ");
         json_num(f, ec->f1, ec->f1_defined);
+        if (!r->binary) {
+            fprintf(f, ", \"auc_ovr\": ");
+            json_num(f, ec->auc.value, ec->auc.defined);
+            fprintf(f, ", \"auc_ovr_ci95\": [");
+            json_num(f, ec->auc.lo, ec->auc.ci_defined);
+            fprintf(f, ", ");
+            json_num(f, ec->auc.hi, ec->auc.ci_defined);
+            fprintf(f, "], \"roc_ovr\": [");
+            for (size_t q = 0; q < ec->n_roc; q++) {
+                fprintf(f, "%s[", q ? ", " : "");
+                json_num(f, ec->roc[q].threshold, isfinite(ec->roc[q].threshold));
+                fprintf(f, ", %.17g, %.17g]", ec->roc[q].fpr, ec->roc[q].tpr);
+            }
+            fprintf(f, "]");
+        }
         fprintf(f, "}");
     }
     fprintf(f, "\n  },\n  \"confusion_matrix\": {\"rows\": \"truth\", \"columns\": "
@@ -1140,7 +1184,8 @@ static void write_report(FILE *f, const candidate *c, const eval_result *r, cons
         fprintf(f, "!!! PLACEHOLDER MODEL, results must not be trusted: %s\n", c->placeholder);
     fprintf(f, "ground truth: %s (%zu rows)\n", t->source, t->n);
     fprintf(f, "evaluated: %zu samples (%zu without prediction, %zu unreadable, %zu skipped as "
-            "not images)\n", n_used, c->n_missing, c->n_unreadable, c->n_skipped);
+            "not images)\n", n_used, c->n_missing, c->n_unreadable,
+            c->n_skipped + t->n_skipped);
     fprintf(f, "accuracy: %s   log loss: %s   Cohen's kappa: %s\n",
             fmt(b1, sizeof(b1), r->accuracy, true), fmt(b2, sizeof(b2), r->log_loss, true),
             fmt(b3, sizeof(b3), r->kappa, r->kappa_defined));
@@ -1163,6 +1208,19 @@ static void write_report(FILE *f, const candidate *c, const eval_result *r, cons
             fmt(b2, sizeof(b2), r->macro_recall, r->macro_recall_defined),
             fmt(b3, sizeof(b3), r->macro_f1, r->macro_f1_defined));
     fprintf(f, "(n/a: no sample of the class (recall) or no prediction of it (precision))\n");
+    if (!r->binary) {
+        fprintf(f, "\none-vs-rest AUC of p(class) (95%% CI, DeLong)\n");
+        for (size_t i = 0; i < c->n_labels; i++) {
+            const eval_class *ec = &r->classes[i];
+            fprintf(f, "%-16s %s", c->labels[i],
+                    fmt(b1, sizeof(b1), ec->auc.value, ec->auc.defined));
+            if (ec->auc.ci_defined)
+                fprintf(f, " (%.4f-%.4f)\n", ec->auc.lo, ec->auc.hi);
+            else
+                fprintf(f, "%s\n", ec->auc.defined ? " (CI n/a: fewer than 2 samples)"
+                                                   : " (no sample of the class, or only it)");
+        }
+    }
     fprintf(f, "\nconfusion matrix (rows: truth, columns: predicted)\n%-16s", "");
     for (size_t j = 0; j < c->n_labels; j++)
         fprintf(f, " %10.10s", c->labels[j]);
@@ -1296,6 +1354,23 @@ static int write_outputs(const char *dir, const candidate *c, const truth_set *t
         snprintf(p, sizeof(p), "%s/roc.png", dir);
         if (eval_plot_roc(p, &cv, 1, title, &err))
             goto fail;
+    } else {
+        eval_plot_curve *cv = calloc(k, sizeof(eval_plot_curve));
+        if (!cv) {
+            fprintf(stderr, "xregctl: out of memory\n");
+            return 1;
+        }
+        for (size_t j = 0; j < k; j++)
+            cv[j] = (eval_plot_curve){.name = c->labels[j], .points = r->classes[j].roc,
+                                      .n_points = r->classes[j].n_roc,
+                                      .auc = r->classes[j].auc.value,
+                                      .auc_defined = r->classes[j].auc.defined};
+        snprintf(title, sizeof(title), "%s: ROC one-vs-rest (n=%zu)", c->name, n_used);
+        snprintf(p, sizeof(p), "%s/roc.png", dir);
+        xr_code prc = eval_plot_roc(p, cv, k, title, &err);
+        free(cv);
+        if (prc)
+            goto fail;
     }
     return 0;
 fail:
@@ -1411,7 +1486,7 @@ int ctl_eval_main(const char *config_path, int argc, char **argv)
         goto out;
     }
     dicom_up = true;
-    if (truth_csv ? read_truth_csv(truth_csv, &t) : read_truth_dir(data_dir, &t))
+    if (truth_csv ? read_truth_csv(truth_csv, &t) : read_truth_dir(data_dir, &t, o.verbose))
         goto out;
     if (!(t.source = strdup(truth_csv ? truth_csv : data_dir)))
         goto out;
@@ -1549,7 +1624,7 @@ int ctl_eval_main(const char *config_path, int argc, char **argv)
             goto out;
         if (out_dir && !json)
             printf("\nwritten to %s: metrics.json predictions.csv report.txt confusion.png "
-                   "reliability.png%s\n", out_dir, c->res->binary ? " roc.png" : "");
+                   "reliability.png roc.png\n", out_dir);
         rc = 0;
         goto out;
     }

@@ -130,16 +130,28 @@ xr_code eval_plot_roc(const char *path, const eval_plot_curve *curves, size_t n_
                 cairo_line_to(cr, x, y);
         }
         cairo_stroke(cr);
+    }
+    /* legend in a white box at the bottom right, over the curves */
+    double lx = px(0.42), lh = 20.0 * (double)n_curves + 10;
+    cairo_set_source_rgba(cr, 1, 1, 1, 0.92);
+    cairo_rectangle(cr, lx - 8, py(0) - lh - 6, px(1) - lx + 2, lh);
+    cairo_fill_preserve(cr);
+    cairo_set_source_rgb(cr, 0.6, 0.6, 0.6);
+    cairo_set_line_width(cr, 1);
+    cairo_stroke(cr);
+    for (size_t c = 0; c < n_curves; c++) {
+        const double *col = palette[c % N_PALETTE];
         char b[256];
         if (curves[c].auc_defined)
             snprintf(b, sizeof(b), "%s (AUC %.3f)", curves[c].name, curves[c].auc);
         else
             snprintf(b, sizeof(b), "%s (AUC n/a)", curves[c].name);
-        double ly = py(0) - 12 - 20.0 * (double)(n_curves - 1 - c);
-        cairo_rectangle(cr, px(0.45), ly - 9, 18, 4);
+        double ly = py(0) - lh + 12 + 20.0 * (double)c;
+        cairo_set_source_rgb(cr, col[0], col[1], col[2]);
+        cairo_rectangle(cr, lx, ly - 9 + 6, 18, 4);
         cairo_fill(cr);
         cairo_set_source_rgb(cr, 0, 0, 0);
-        text(cr, px(0.45) + 24, ly, 13, 0, b);
+        text(cr, lx + 24, ly + 6, 13, 0, b);
     }
     return finish(s, cr, path, err);
 }

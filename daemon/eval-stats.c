@@ -144,25 +144,27 @@ static int cmp_desc(const void *a, const void *b)
     return -cmp_scored(a, b);
 }
 
-/* ROC points and Youden's optimum over the distinct positive-class scores. */
-static xr_code roc_youden(const eval_input *in, eval_result *r, xr_error *err)
+/* ROC points (*ret_roc, malloc'ed, *ret_n) of class cls against the rest, and, when youden is
+ * not NULL, Youden's optimum over the distinct scores of that class. */
+static xr_code roc_one(const eval_input *in, size_t cls, eval_roc_point **ret_roc, size_t *ret_n,
+                       eval_operating_point *youden, xr_error *err)
 {
     size_t n = in->n, npos = 0;
     for (size_t i = 0; i < n; i++)
-        npos += in->truth[i] == in->positive;
+        npos += (size_t)in->truth[i] == cls;
     size_t nneg = n - npos;
     scored *s = malloc(n * sizeof(scored));
-    r->roc = malloc((n + 2) * sizeof(eval_roc_point));
-    if (!s || !r->roc) {
+    eval_roc_point *roc = malloc((n + 2) * sizeof(eval_roc_point));
+    if (!s || !roc) {
         free(s);
+        free(roc);
         return xr_error_set(err, XR_E_NOMEM, "out of memory for the ROC curve");
     }
     for (size_t i = 0; i < n; i++)
-        s[i] = (scored){.s = in->probs[i * in->n_classes + (size_t)in->positive],
-                        .i = in->truth[i] == in->positive};
+        s[i] = (scored){.s = in->probs[i * in->n_classes + cls], .i = (size_t)in->truth[i] == cls};
     qsort(s, n, sizeof(*s), cmp_desc);
     size_t tp = 0, fp = 0, nr = 0;
-    r->roc[nr++] = (eval_roc_point){.threshold = INFINITY, .fpr = 0, .tpr = 0};
+    roc[nr++] = (eval_roc_point){.threshold = INFINITY, .fpr = 0, .tpr = 0};
     bool have = false;
     for (size_t a = 0; a < n;) {
         size_t b = a;
@@ -171,21 +173,51 @@ static xr_code roc_youden(const eval_input *in, eval_result *r, xr_error *err)
             fp += !s[b].i;
             b++;
         }
-        r->roc[nr++] = (eval_roc_point){
+        roc[nr++] = (eval_roc_point){
             .threshold = s[a].s,
             .fpr = nneg ? (double)fp / (double)nneg : 0,
             .tpr = npos ? (double)tp / (double)npos : 0,
         };
-        eval_operating_point op;
-        operating_point(&op, s[a].s, tp, fp, nneg - fp, npos - tp);
-        if (!have || op.youden > r->youden.youden) {
-            r->youden = op;
-            have = true;
+        if (youden) {
+            eval_operating_point op;
+            operating_point(&op, s[a].s, tp, fp, nneg - fp, npos - tp);
+            if (!have || op.youden > youden->youden) {
+                *youden = op;
+                have = true;
+            }
         }
         a = b;
     }
-    r->n_roc = nr;
     free(s);
+    *ret_roc = roc;
+    *ret_n = nr;
+    return XR_OK;
+}
+
+/* AUC of class cls against the rest with its DeLong 95% CI. sc/pos: n scratch. */
+static xr_code auc_one(const eval_input *in, size_t cls, double *sc, bool *pos, eval_ci *ret,
+                       double *ret_se, xr_error *err)
+{
+    for (size_t i = 0; i < in->n; i++) {
+        sc[i] = in->probs[i * in->n_classes + cls];
+        pos[i] = (size_t)in->truth[i] == cls;
+    }
+    double var;
+    bool var_defined;
+    eval_ci a = {0};
+    xr_code rc = eval_auc_delong(sc, pos, in->n, &a.value, &a.defined, &var, &var_defined, err);
+    if (rc)
+        return rc;
+    *ret_se = 0;
+    if (a.defined && var_defined) {
+        *ret_se = sqrt(var > 0 ? var : 0);
+        a.lo = a.value - EVAL_Z95 * *ret_se;
+        a.hi = a.value + EVAL_Z95 * *ret_se;
+        a.lo = a.lo < 0 ? 0 : a.lo;
+        a.hi = a.hi > 1 ? 1 : a.hi;
+        a.ci_defined = true;
+    }
+    *ret = a;
     return XR_OK;
 }
 
@@ -336,39 +368,33 @@ xr_code eval_stats_compute(const eval_input *in, eval_result **ret, xr_error *er
                       fabs(r->bins[b].observed - r->bins[b].mean_predicted);
         }
 
+    sc = malloc(n * sizeof(double));
+    pos = malloc(n * sizeof(bool));
+    if (!sc || !pos) {
+        rc = xr_error_set(err, XR_E_NOMEM, "out of memory");
+        goto out;
+    }
     if (r->binary) {
-        sc = malloc(n * sizeof(double));
-        pos = malloc(n * sizeof(bool));
-        if (!sc || !pos) {
-            rc = xr_error_set(err, XR_E_NOMEM, "out of memory");
-            goto out;
-        }
         size_t tp = 0, fp = 0, tn = 0, fn = 0;
         for (size_t i = 0; i < n; i++) {
-            sc[i] = in->probs[i * k + (size_t)in->positive];
-            pos[i] = in->truth[i] == in->positive;
-            bool said = pred[i] == in->positive;
-            tp += pos[i] && said;
-            fp += !pos[i] && said;
-            tn += !pos[i] && !said;
-            fn += pos[i] && !said;
+            bool p = in->truth[i] == in->positive, said = pred[i] == in->positive;
+            tp += p && said;
+            fp += !p && said;
+            tn += !p && !said;
+            fn += p && !said;
         }
         operating_point(&r->at_threshold, in->threshold, tp, fp, tn, fn);
-        double var;
-        bool var_defined;
-        if ((rc = eval_auc_delong(sc, pos, n, &r->auc.value, &r->auc.defined, &var, &var_defined,
-                                  err)))
+        if ((rc = auc_one(in, (size_t)in->positive, sc, pos, &r->auc, &r->auc_se, err)) ||
+            (rc = roc_one(in, (size_t)in->positive, &r->roc, &r->n_roc, &r->youden, err)))
             goto out;
-        if (r->auc.defined && var_defined) {
-            r->auc_se = sqrt(var > 0 ? var : 0);
-            r->auc.lo = r->auc.value - EVAL_Z95 * r->auc_se;
-            r->auc.hi = r->auc.value + EVAL_Z95 * r->auc_se;
-            r->auc.lo = r->auc.lo < 0 ? 0 : r->auc.lo;
-            r->auc.hi = r->auc.hi > 1 ? 1 : r->auc.hi;
-            r->auc.ci_defined = true;
+    } else {
+        /* one-vs-rest per class (multi-class ROC curves) */
+        for (size_t c = 0; c < k; c++) {
+            eval_class *ec = &r->classes[c];
+            if ((rc = auc_one(in, c, sc, pos, &ec->auc, &ec->auc_se, err)) ||
+                (rc = roc_one(in, c, &ec->roc, &ec->n_roc, NULL, err)))
+                goto out;
         }
-        if ((rc = roc_youden(in, r, err)))
-            goto out;
     }
 out:
     free(pred);
@@ -387,6 +413,8 @@ eval_result *eval_result_free(eval_result *r)
     if (!r)
         return NULL;
     free(r->confusion);
+    for (size_t c = 0; r->classes && c < r->n_classes; c++)
+        free(r->classes[c].roc);
     free(r->classes);
     free(r->roc);
     free(r);

@@ -28,6 +28,7 @@
  *     Sensitivity/specificity with Wilson score 95% intervals at the threshold and at Youden's
  *     optimum: the threshold among the distinct positive-class scores (positive iff score >= t)
  *     maximizing sensitivity + specificity - 1, the highest such score on ties.
+ *   - multi-class: per class, one-vs-rest AUC (DeLong CI as above) and ROC curve of p(class).
  *   - reliability: 10 equal-width bins over [0,1] of the positive-class probability (binary) or
  *     of the top-class confidence (multi-class), with the mean predicted value and the observed
  *     frequency (positive rate / accuracy) per bin; ECE = sum over bins n_b/n |obs - pred|.
@@ -69,11 +70,18 @@ typedef struct eval_ci {
     bool ci_defined; /* lo/hi are defined */
 } eval_ci;
 
+typedef struct eval_roc_point eval_roc_point;
+
 typedef struct eval_class {
     size_t support;   /* samples of the class */
     size_t predicted; /* samples predicted as the class */
     double precision, recall, f1;
     bool precision_defined, recall_defined, f1_defined;
+    /* multi-class only: one-vs-rest AUC (DeLong 95% CI) and ROC curve of p(class) */
+    eval_ci auc;
+    double auc_se;
+    eval_roc_point *roc;
+    size_t n_roc;
 } eval_class;
 
 typedef struct eval_operating_point {
@@ -83,10 +91,10 @@ typedef struct eval_operating_point {
     double youden;                    /* sens + spec - 1 (0 when either is undefined) */
 } eval_operating_point;
 
-typedef struct eval_roc_point {
+struct eval_roc_point {
     double threshold; /* positive iff score >= threshold; +inf for the (0,0) point */
     double fpr, tpr;
-} eval_roc_point;
+};
 
 typedef struct eval_bin {
     size_t n;

@@ -426,6 +426,16 @@ xr_code nn_matmul_prepare(nn_graph *g, nn_node *n, xr_error *err)
         bd[1] = 1;
         br = 2;
     }
+    /* [.., M, K] x [K, N]: one [M', K] x [K, N] product (row-major A is already that), not
+     * a batch of small ones; sequence-first attention gives M = 1 per batch otherwise */
+    if (!gemm && b->rank == 2 && ar > 2) {
+        int64_t mm = 1;
+        for (int i = 0; i < ar - 1; i++)
+            mm *= ad[i];
+        ad[0] = mm;
+        ad[1] = ad[ar - 1];
+        ar = 2;
+    }
     int r = ar > br ? ar : br;
     if (r > 6)
         return xr_error_set(err, XR_E_UNSUPPORTED, "node \"%s\" (%s): rank %d above 6",
@@ -786,4 +796,57 @@ xr_code nn_binary_prepare(nn_graph *g, nn_node *n, xr_error *err)
     add_arg(n, DNNL_ARG_SRC_1, b, &bmd, NULL);
     add_arg(n, DNNL_ARG_DST, n->out[0], &dmd, NULL);
     return finish_pd(g, n, pd, -1, NULL, err);
+}
+
+/* LayerNormalization over the last axis, constant scale/bias: oneDNN layer_normalization. */
+xr_code nn_layernorm_prepare(nn_graph *g, nn_node *n, xr_error *err)
+{
+    xr_code rc = XR_OK;
+    const nn_value *x = IN(0);
+    if (n->n_out > 1 || n->a.axis != x->rank - 1 || x->dtype != NN_DTYPE_FLOAT || x->rank > 6)
+        return XR_OK;
+    int64_t c = x->dims[x->rank - 1];
+    for (int i = 1; i < n->n_in; i++)
+        if (HAS(i) && (!IN(i)->data || IN(i)->n_elems != c))
+            return XR_OK; /* broadcast or runtime scale: the reference kernel */
+    dnnl_memory_desc_t dmd, cmd;
+    if ((rc = plain_md(n, &dmd, x->rank, x->dims, err)) || (rc = plain_md(n, &cmd, 1, &c, err)))
+        return rc;
+    unsigned flags = (HAS(1) ? dnnl_use_scale : 0) | (HAS(2) ? dnnl_use_shift : 0);
+    dnnl_layer_normalization_desc_t ld;
+    CK(dnnl_layer_normalization_forward_desc_init(&ld, dnnl_forward_inference, &dmd, NULL,
+                                                  n->a.f0, flags),
+       "layer normalization desc");
+    add_arg(n, DNNL_ARG_SRC, n->in[0], &dmd, NULL);
+    add_arg(n, DNNL_ARG_DST, n->out[0], &dmd, NULL);
+    if (HAS(1))
+        add_arg(n, DNNL_ARG_SCALE, n->in[1], &cmd, NULL);
+    if (HAS(2))
+        add_arg(n, DNNL_ARG_SHIFT, n->in[2], &cmd, NULL);
+    rc = finish(g, n, &ld, -1, NULL, err);
+out:
+    return rc;
+}
+
+/* Softmax/LogSoftmax over one axis (opset 13 form, or the coerced form on the last axis). */
+xr_code nn_softmax_prepare(nn_graph *g, nn_node *n, xr_error *err)
+{
+    xr_code rc = XR_OK;
+    const nn_value *x = IN(0);
+    if (x->dtype != NN_DTYPE_FLOAT || x->rank < 1 || x->rank > 6 ||
+        (n->a.i1 && n->a.axis != x->rank - 1))
+        return XR_OK;
+    dnnl_memory_desc_t md;
+    if ((rc = plain_md(n, &md, x->rank, x->dims, err)))
+        return rc;
+    dnnl_softmax_v2_desc_t sd;
+    CK(dnnl_softmax_v2_forward_desc_init(&sd, dnnl_forward_inference,
+                                         n->a.i0 ? dnnl_softmax_log : dnnl_softmax_accurate, &md,
+                                         &md, (int)n->a.axis),
+       "softmax desc");
+    add_arg(n, DNNL_ARG_SRC, n->in[0], &md, NULL);
+    add_arg(n, DNNL_ARG_DST, n->out[0], &md, NULL);
+    rc = finish(g, n, &sd, -1, NULL, err);
+out:
+    return rc;
 }

@@ -162,7 +162,7 @@ static xr_code plan(nn_model *m, xr_error *err)
         nn_node *n = &g->nodes[m->steps[s]];
         for (int k = 0; k <= n->n_in + n->n_pre; k++) {
             int v = k < n->n_in ? n->in[k] : k == n->n_in ? n->sum_in : n->pre[k - n->n_in - 1].src;
-            if (v < 0 || g->values[v].data)
+            if (v < 0 || g->values[v].data || g->values[v].released)
                 continue;
             int r = root_of(g, v);
             g->values[r].last_use = (int)s;
@@ -173,6 +173,23 @@ static xr_code plan(nn_model *m, xr_error *err)
                 continue;
             /* a view keeps its root alive at least as long as itself: filled below */
         }
+    }
+    /* a residual accumulated by a sum post-op and read by nothing later: the step writes its
+     * result over it instead of copying it first */
+    for (size_t s = 0; s < m->n_steps; s++) {
+        nn_node *n = &g->nodes[m->steps[s]];
+        int r = n->sum_in, o = n->out[0];
+        if (r < 0 || !n->prim)
+            continue;
+        nn_value *rv = &g->values[r], *ov = &g->values[o];
+        if (rv->data || rv->is_input || rv->is_output || rv->view_of >= 0 ||
+            rv->last_use != (int)s || ov->view_of >= 0 || ov->n_bytes != rv->n_bytes)
+            continue;
+        bool viewed = false;
+        for (size_t v = 0; v < g->n_values && !viewed; v++)
+            viewed = g->values[v].view_of == r;
+        if (!viewed)
+            ov->view_of = r;
     }
     /* propagate view lifetimes to roots (views are created after their roots) */
     for (size_t v = g->n_values; v-- > 0;) {
@@ -204,7 +221,7 @@ static xr_code plan(nn_model *m, xr_error *err)
         }
         for (int k = 0; k <= n->n_in + n->n_pre && !rc; k++) {
             int v = k < n->n_in ? n->in[k] : k == n->n_in ? n->sum_in : n->pre[k - n->n_in - 1].src;
-            if (v < 0 || g->values[v].data)
+            if (v < 0 || g->values[v].data || g->values[v].released)
                 continue;
             int r = root_of(g, v);
             if (g->values[r].last_use == (int)s) {
@@ -216,6 +233,9 @@ static xr_code plan(nn_model *m, xr_error *err)
     }
     m->arena_bytes = f.top;
     free(f.b);
+    if (!rc && m->arena_bytes > NN_ARENA_MAX_BYTES)
+        rc = xr_error_set(err, XR_E_LIMIT, "activations need %zu bytes per sample, at most %llu",
+                          m->arena_bytes, (unsigned long long)NN_ARENA_MAX_BYTES);
     for (size_t s = 0; s < m->n_steps; s++) {
         nn_node *n = &g->nodes[m->steps[s]];
         if (n->scratch_bytes > m->scratch_bytes)
@@ -364,20 +384,42 @@ static int batch_axis(const nn_value *a, const nn_value *b)
     return ax;
 }
 
-static xr_code check_batch(const nn_graph *g1, const nn_graph *g2, xr_error *err)
+/* What check_batch needs of the batch-2 graph: shapes only, so that graph is freed before the
+ * batch-1 one is built (peak memory: one copy of the constants, not two). */
+typedef struct shape_rec {
+    int rank;
+    bool is_const;
+    int64_t dims[NN_MAX_RANK];
+} shape_rec;
+
+static shape_rec *shapes_of(const nn_graph *g)
 {
-    if (g1->n_values != g2->n_values)
+    shape_rec *r = calloc(g->n_values + 1, sizeof(shape_rec));
+    for (size_t i = 0; r && i < g->n_values; i++) {
+        r[i].rank = g->values[i].rank;
+        r[i].is_const = g->values[i].data != NULL;
+        memcpy(r[i].dims, g->values[i].dims, sizeof(r[i].dims));
+    }
+    return r;
+}
+
+static xr_code check_batch(const nn_graph *g1, const shape_rec *g2, size_t n_values2,
+                           xr_error *err)
+{
+    if (g1->n_values != n_values2)
         return xr_error_set(err, XR_E_INTERNAL, "graph differs between batch sizes");
     int *bax = calloc(g1->n_values + 1, sizeof(int));
     if (!bax)
         return xr_error_set(err, XR_E_NOMEM, "out of memory");
     xr_code rc = XR_OK;
     for (size_t i = 0; i < g1->n_values && !rc; i++) {
-        const nn_value *a = &g1->values[i], *b = &g2->values[i];
+        const nn_value *a = &g1->values[i];
+        nn_value b = {.rank = g2[i].rank};
+        memcpy(b.dims, g2[i].dims, sizeof(b.dims));
         bax[i] = -1;
-        if (a->data || !a->known || b->data)
+        if (a->data || !a->known || g2[i].is_const)
             continue;
-        bax[i] = batch_axis(a, b);
+        bax[i] = batch_axis(a, &b);
         if (bax[i] < 0 || ((a->is_input || a->is_output) && bax[i] != 0))
             rc = xr_error_set(err, XR_E_UNSUPPORTED,
                               "tensor \"%s\" does not scale with the batch on one axis%s, so "
@@ -420,27 +462,86 @@ static xr_code check_batch(const nn_graph *g1, const nn_graph *g2, xr_error *err
     return rc;
 }
 
-static xr_code compile(nn_model *m, const Onnx__ModelProto *mp, const char *base_dir,
+/* Constants that only feed oneDNN steps as reordered weights: oneDNN holds its own copy, so
+ * ours is freed (the model's resident size is then about one copy of the weights). */
+static void release_weights(nn_graph *g)
+{
+    bool *keep = calloc(g->n_values + 1, 1);
+    if (!keep)
+        return; /* keeping them is only a waste */
+    for (size_t i = 0; i < g->n_nodes; i++) {
+        const nn_node *n = &g->nodes[i];
+        if (n->dead)
+            continue;
+        for (int k = 0; k < n->n_in; k++) {
+            int v = n->in[k];
+            if (v < 0)
+                continue;
+            bool reordered = false;
+            if (k == 1 && n->prim)
+                for (int a = 0; a < n->n_args; a++)
+                    reordered |= n->args[a].arg == DNNL_ARG_WEIGHTS && n->args[a].value == -1;
+            if (!reordered)
+                keep[v] = true;
+        }
+        if (n->sum_in >= 0)
+            keep[n->sum_in] = true;
+        if (n->bias_in >= 0)
+            keep[n->bias_in] = true;
+        for (int k = 0; k < n->n_pre; k++)
+            keep[n->pre[k].src] = true;
+    }
+    for (size_t i = 0; i < g->n_outputs; i++)
+        keep[g->outputs[i]] = true;
+    for (size_t v = 0; v < g->n_values; v++) {
+        nn_value *val = &g->values[v];
+        if (val->data && !keep[v]) {
+            free(val->data);
+            val->data = NULL;
+            val->released = true;
+        }
+    }
+    free(keep);
+}
+
+static xr_code compile(nn_model *m, Onnx__ModelProto **mpp, const char *base_dir,
                        const nn_params *p, xr_error *err)
 {
+    const Onnx__ModelProto *mp = *mpp;
     xr_code rc;
     bool dyn = false;
-    if ((rc = nn_graph_build(mp, base_dir, 1, p, &m->g, &dyn, err)))
+    shape_rec *s2 = NULL;
+    size_t n2 = 0;
+    if (p->max_batch > 1) {
+        /* batch 2 first (only its shapes are kept); a model without a symbolic batch gives
+         * the same graph, and the result is dropped */
+        nn_graph g2;
+        if ((rc = nn_graph_build(mp, base_dir, 2, p, &g2, &dyn, err)))
+            return rc;
+        if (dyn && !(s2 = shapes_of(&g2))) {
+            nn_graph_done(&g2);
+            return xr_error_set(err, XR_E_NOMEM, "out of memory");
+        }
+        n2 = g2.n_values;
+        nn_graph_done(&g2);
+    }
+    if ((rc = nn_graph_build(mp, base_dir, 1, p, &m->g, &dyn, err))) {
+        free(s2);
         return rc;
+    }
     m->dynamic = dyn;
     m->max_batch = dyn ? p->max_batch : 1;
-    if (dyn && p->max_batch > 1) {
-        nn_graph g2;
-        bool d2;
-        if ((rc = nn_graph_build(mp, base_dir, 2, p, &g2, &d2, err)))
-            return rc;
-        rc = check_batch(&m->g, &g2, err);
-        nn_graph_done(&g2);
+    if (s2) {
+        rc = check_batch(&m->g, s2, n2, err);
+        free(s2);
         if (rc)
             return rc;
     }
     if ((rc = collect_info(m, mp, err)))
         return rc;
+    /* everything needed is copied out: free the protobuf before weights are reordered */
+    onnx__model_proto__free_unpacked(*mpp, NULL);
+    *mpp = NULL;
     m->g.engine = m->engine;
     m->g.stream = m->stream;
     if (p->optimize)
@@ -454,30 +555,46 @@ static xr_code compile(nn_model *m, const Onnx__ModelProto *mp, const char *base
     }
     if ((rc = nn_layout_fixup(&m->g, err)) || (rc = plan(m, err)))
         return rc;
+    release_weights(&m->g);
     m->stats.n_steps = m->n_steps;
     m->stats.arena_bytes = m->arena_bytes;
     return XR_OK;
 }
 
+static xr_code load_bytes(uint8_t *owned, const void *buf, size_t n_bytes, const char *base_dir,
+                          const nn_params *params, nn_model **ret_model, xr_error *err);
+
 xr_code nn_model_load_buffer(const void *buf, size_t n_bytes, const char *base_dir,
                              const nn_params *params, nn_model **ret_model, xr_error *err)
 {
+    return load_bytes(NULL, buf, n_bytes, base_dir, params, ret_model, err);
+}
+
+/* owned (may be NULL) is the caller's malloc'ed copy of buf, freed as soon as it is parsed. */
+static xr_code load_bytes(uint8_t *owned, const void *buf, size_t n_bytes, const char *base_dir,
+                          const nn_params *params, nn_model **ret_model, xr_error *err)
+{
     nn_params p = params ? *params : nn_params_default();
+    xr_code rc = XR_OK;
     if (!buf || !ret_model)
-        return xr_error_set(err, XR_E_INTERNAL, "nn_model_load_buffer: NULL argument");
-    if (p.max_batch < 1 || p.max_batch > NN_MAX_BATCH)
-        return xr_error_set(err, XR_E_LIMIT, "max_batch %u is outside [1, %d]", p.max_batch,
-                            NN_MAX_BATCH);
-    if (n_bytes > NN_MODEL_MAX_BYTES)
-        return xr_error_set(err, XR_E_LIMIT, "model of %zu bytes, at most %lld allowed", n_bytes,
-                            (long long)NN_MODEL_MAX_BYTES);
-    if (n_bytes == 0)
-        return xr_error_set(err, XR_E_INPUT, "the model file is empty");
+        rc = xr_error_set(err, XR_E_INTERNAL, "nn_model_load_buffer: NULL argument");
+    else if (p.max_batch < 1 || p.max_batch > NN_MAX_BATCH)
+        rc = xr_error_set(err, XR_E_LIMIT, "max_batch %u is outside [1, %d]", p.max_batch,
+                          NN_MAX_BATCH);
+    else if (n_bytes > NN_MODEL_MAX_BYTES)
+        rc = xr_error_set(err, XR_E_LIMIT, "model of %zu bytes, at most %lld allowed", n_bytes,
+                          (long long)NN_MODEL_MAX_BYTES);
+    else if (n_bytes == 0)
+        rc = xr_error_set(err, XR_E_INPUT, "the model file is empty");
+    if (rc) {
+        free(owned);
+        return rc;
+    }
     Onnx__ModelProto *mp = onnx__model_proto__unpack(NULL, n_bytes, buf);
+    free(owned);
     if (!mp)
         return xr_error_set(err, XR_E_INPUT,
                             "not a valid ONNX model: the protobuf is truncated or corrupt");
-    xr_code rc = XR_OK;
     nn_model *m = calloc(1, sizeof(*m));
     if (!m) {
         rc = xr_error_set(err, XR_E_NOMEM, "out of memory");
@@ -487,12 +604,13 @@ xr_code nn_model_load_buffer(const void *buf, size_t n_bytes, const char *base_d
         (rc = nn_dnnl_check(dnnl_stream_create(&m->stream, m->engine, dnnl_stream_default_flags),
                             NULL, "stream", err)))
         goto out;
-    if ((rc = compile(m, mp, base_dir, &p, err)))
+    if ((rc = compile(m, &mp, base_dir, &p, err)))
         goto out;
     *ret_model = m;
     m = NULL;
 out:
-    onnx__model_proto__free_unpacked(mp, NULL);
+    if (mp)
+        onnx__model_proto__free_unpacked(mp, NULL);
     nn_model_free(m);
     return rc;
 }
@@ -515,8 +633,7 @@ xr_code nn_model_load(const char *path, const nn_params *params, nn_model **ret_
     char *slash = strrchr(dir, '/');
     if (slash)
         slash == dir ? (void)(dir[1] = '\0') : (void)(*slash = '\0');
-    rc = nn_model_load_buffer(buf, n, slash ? dir : ".", params, ret_model, err);
-    free(buf);
+    rc = load_bytes(buf, buf, n, slash ? dir : ".", params, ret_model, err);
     free(dir);
     if (rc)
         xr_error_prefix(err, "loading \"%s\": ", path);

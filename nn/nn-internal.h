@@ -28,8 +28,13 @@
 #define NN_OPSET_MAX 17
 /* A model file: protobuf's own 2 GiB ceiling. */
 #define NN_MODEL_MAX_BYTES (INT32_MAX)
-/* One tensor (initializer, constant or activation): 2^31 elements, 8 GiB of float. */
+/* One tensor (initializer, constant or activation): 2^31 elements and 1 GiB, far above any
+ * classifier's (ViT-L's largest weight is 150 MB), so a hostile shape cannot make us allocate
+ * more than that per tensor. */
 #define NN_TENSOR_MAX_ELEMS (INT64_C(1) << 31)
+#define NN_TENSOR_MAX_BYTES (UINT64_C(1) << 30)
+/* A session's activation arena for one sample (ResNet-101 at 224 needs ~11 MiB). */
+#define NN_ARENA_MAX_BYTES (UINT64_C(4) << 30)
 /* Graph size: far above any classifier (ViT-B/16 unfolded has ~2,000 nodes). */
 #define NN_MAX_NODES 100000
 #define NN_MAX_VALUES 400000
@@ -53,6 +58,7 @@ typedef struct nn_value {
     void *data;      /* constants: owned, NN_ALIGN-aligned; NULL for runtime values */
     bool known;      /* shape and type inferred */
     bool is_input, is_output, is_initializer;
+    bool released;   /* a constant whose data went into oneDNN's own copy and was freed */
     int producer;    /* node index or -1 */
     int n_uses;      /* runtime consumers */
     int view_of;     /* runtime: shares the buffer of this value (-1: own buffer) */
@@ -207,6 +213,8 @@ void nn_graph_done(nn_graph *g);
 xr_code nn_dnnl_check(dnnl_status_t st, const nn_node *n, const char *what, xr_error *err);
 xr_code nn_conv_prepare(nn_graph *g, nn_node *n, xr_error *err);
 xr_code nn_matmul_prepare(nn_graph *g, nn_node *n, xr_error *err);
+xr_code nn_layernorm_prepare(nn_graph *g, nn_node *n, xr_error *err);
+xr_code nn_softmax_prepare(nn_graph *g, nn_node *n, xr_error *err);
 xr_code nn_pool_prepare(nn_graph *g, nn_node *n, xr_error *err);
 xr_code nn_binary_prepare(nn_graph *g, nn_node *n, xr_error *err);
 xr_code nn_dnnl_run(const nn_graph *g, const nn_node *n, nn_exec *x, xr_error *err);

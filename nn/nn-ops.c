@@ -135,6 +135,10 @@ xr_code nn_value_shape(nn_value *val, nn_dtype dt, int rank, const int64_t *dims
         count *= dims[i];
         val->dims[i] = dims[i];
     }
+    if ((uint64_t)count * nn_elem_size(dt) > NN_TENSOR_MAX_BYTES)
+        return xr_error_set(err, XR_E_LIMIT, "tensor \"%s\" would take %llu bytes, at most %llu",
+                            val->name, (unsigned long long)count * nn_elem_size(dt),
+                            (unsigned long long)NN_TENSOR_MAX_BYTES);
     val->dtype = dt;
     val->rank = rank;
     val->n_elems = count;
@@ -1164,18 +1168,31 @@ static xr_code run_slice(const nn_graph *g, const nn_node *n, nn_exec *x, xr_err
     const uint8_t *src = nn_ptr(g, x, n->in[0]);
     uint8_t *y = nn_ptr(g, x, n->out[0]);
     int r = d->rank;
+    if (o->n_elems == 0)
+        return XR_OK;
+    if (r == 0) {
+        memcpy(y, src, es);
+        return XR_OK;
+    }
     int64_t sst[NN_MAX_RANK], idx[NN_MAX_RANK] = {0};
     int64_t s = 1;
     for (int i = r - 1; i >= 0; i--) {
         sst[i] = s;
         s *= d->dims[i];
     }
-    for (int64_t k = 0; k < o->n_elems; k++) {
-        int64_t off = 0;
-        for (int i = 0; i < r; i++)
+    /* rows along the last axis: one memcpy when its step is 1 */
+    int64_t inner = o->dims[r - 1], st = n->a.steps[r - 1];
+    for (int64_t k = 0; k < o->n_elems; k += inner) {
+        int64_t off = n->a.starts[r - 1];
+        for (int i = 0; i < r - 1; i++)
             off += (n->a.starts[i] + idx[i] * n->a.steps[i]) * sst[i];
-        memcpy(y + k * es, src + off * es, es);
-        for (int i = r - 1; i >= 0; i--) {
+        if (st == 1) {
+            memcpy(y + k * es, src + off * es, (size_t)inner * es);
+        } else {
+            for (int64_t j = 0; j < inner; j++)
+                memcpy(y + (k + j) * es, src + (off + j * st) * es, es);
+        }
+        for (int i = r - 2; i >= 0; i--) {
             if (++idx[i] < o->dims[i])
                 break;
             idx[i] = 0;
@@ -1882,9 +1899,10 @@ static const nn_op ops[] = {
     {"Transpose", 1, 1, 1, 1, infer_transpose, run_transpose, NULL, false},
     {"ReduceMean", 1, 1, 1, 1, infer_reduce, run_reduce, NULL, false},
     {"ReduceSum", 1, 2, 1, 1, infer_reduce, run_reduce, NULL, false},
-    {"Softmax", 1, 1, 1, 1, infer_softmax, run_softmax, NULL, false},
-    {"LogSoftmax", 1, 1, 1, 1, infer_softmax, run_softmax, NULL, false},
-    {"LayerNormalization", 1, 3, 1, 3, infer_layernorm, run_layernorm, NULL, false},
+    {"Softmax", 1, 1, 1, 1, infer_softmax, run_softmax, nn_softmax_prepare, false},
+    {"LogSoftmax", 1, 1, 1, 1, infer_softmax, run_softmax, nn_softmax_prepare, false},
+    {"LayerNormalization", 1, 3, 1, 3, infer_layernorm, run_layernorm, nn_layernorm_prepare,
+     false},
     {"BatchNormalization", 5, 5, 1, 5, infer_batchnorm, run_batchnorm, NULL, false},
     {"MaxPool", 1, 1, 1, 2, infer_pool, run_pool, nn_pool_prepare, false},
     {"AveragePool", 1, 1, 1, 1, infer_pool, run_pool, NULL, false},

@@ -291,9 +291,116 @@ static size_t fuse_after(nn_graph *g, nn_node *n)
     return n_done;
 }
 
+/* ReduceMean over the last axis only, keeping dims. */
+static bool mean_last_axis(const nn_graph *g, const nn_node *n)
+{
+    const nn_value *x = &g->values[n->in[0]], *y = &g->values[n->out[0]];
+    if (!is_op(n, "ReduceMean") || x->rank < 1 || y->rank != x->rank)
+        return false;
+    for (int d = 0; d < x->rank; d++)
+        if ((n->a.axes[d] != 0) != (d == x->rank - 1))
+            return false;
+    return true;
+}
+
+static nn_node *sole_reader(nn_graph *g, int v, const char *op)
+{
+    int r = -1;
+    if (g->values[v].is_output || readers(g, v, &r, NULL) != 1 || !is_op(&g->nodes[r], op))
+        return NULL;
+    return &g->nodes[r];
+}
+
+/*
+ * The LayerNorm decomposition exporters emit below opset 17:
+ *   m = ReduceMean(x); d = x - m; v = ReduceMean(Pow(d, 2)); y = d / Sqrt(v + eps)
+ *   [* gamma] [+ beta]
+ * becomes one LayerNormalization node (oneDNN layer_normalization at run time).
+ */
+static size_t map_layernorm(nn_graph *g)
+{
+    size_t n_done = 0;
+    const nn_op *ln = nn_op_find("LayerNormalization");
+    for (size_t i = 0; i < g->n_nodes; i++) {
+        nn_node *r1 = &g->nodes[i];
+        if (r1->dead || !mean_last_axis(g, r1))
+            continue;
+        int x = r1->in[0];
+        nn_node *sub = sole_reader(g, r1->out[0], "Sub");
+        if (!sub || sub->in[0] != x || sub->in[1] != r1->out[0])
+            continue;
+        int d = sub->out[0], a = -1, b = -1;
+        if (g->values[d].is_output || readers(g, d, &a, &b) != 2)
+            continue;
+        nn_node *pw = &g->nodes[a], *dv = &g->nodes[b];
+        if (!is_op(pw, "Pow")) {
+            nn_node *t = pw;
+            pw = dv;
+            dv = t;
+        }
+        float c;
+        if (!is_op(pw, "Pow") || !is_op(dv, "Div") || pw->in[0] != d || dv->in[0] != d ||
+            !const_scalar(g, pw->in[1], &c) || c != 2.0f)
+            continue;
+        nn_node *r2 = sole_reader(g, pw->out[0], "ReduceMean");
+        if (!r2 || !mean_last_axis(g, r2))
+            continue;
+        nn_node *ad = sole_reader(g, r2->out[0], "Add");
+        float eps;
+        if (!ad || !const_scalar(g, other_input(ad, r2->out[0]), &eps))
+            continue;
+        nn_node *sq = sole_reader(g, ad->out[0], "Sqrt");
+        if (!sq || dv->in[1] != sq->out[0] || readers(g, sq->out[0], NULL, NULL) != 1)
+            continue;
+        int64_t cdim = g->values[x].dims[g->values[x].rank - 1];
+        int gamma = -1, beta = -1;
+        nn_node *last = dv, *mul = sole_reader(g, dv->out[0], "Mul"), *add = NULL;
+        if (mul) {
+            int o = other_input(mul, dv->out[0]);
+            if (o >= 0 && g->values[o].data && g->values[o].n_elems == cdim &&
+                g->values[o].rank == 1) {
+                gamma = o;
+                last = mul;
+                add = sole_reader(g, mul->out[0], "Add");
+                int ob = add ? other_input(add, mul->out[0]) : -1;
+                if (ob >= 0 && g->values[ob].data && g->values[ob].n_elems == cdim &&
+                    g->values[ob].rank == 1) {
+                    beta = ob;
+                    last = add;
+                }
+            }
+        }
+        int *in = realloc(r1->in, 4 * sizeof(int));
+        if (!in)
+            return n_done;
+        r1->in = in;
+        r1->in[0] = x;
+        r1->in[1] = gamma;
+        r1->in[2] = beta;
+        r1->n_in = 3;
+        r1->op = ln;
+        char *name = strdup("LayerNormalization");
+        if (!name)
+            return n_done;
+        free(r1->op_type);
+        r1->op_type = name;
+        r1->a.axis = g->values[x].rank - 1;
+        r1->a.f0 = eps;
+        sub->dead = pw->dead = r2->dead = ad->dead = sq->dead = dv->dead = true;
+        if (last != dv)
+            last->dead = true;
+        if (mul && last == add)
+            mul->dead = true;
+        r1->out[0] = last->out[0];
+        g->values[r1->out[0]].producer = (int)i;
+        n_done += last == add ? 8 : last == mul ? 7 : 6;
+    }
+    return n_done;
+}
+
 size_t nn_graph_optimize(nn_graph *g)
 {
-    size_t n_done = fold_batchnorm(g);
+    size_t n_done = fold_batchnorm(g) + map_layernorm(g);
     for (size_t i = 0; i < g->n_nodes; i++) {
         nn_node *n = &g->nodes[i];
         if (n->dead || (!is_op(n, "Conv") && !is_op(n, "MatMul") && !is_op(n, "Gemm")))

@@ -70,7 +70,9 @@ typedef struct nn_binding {
 
 typedef struct nn_params {
     /* Largest batch a run may ask for (dimension 0 of each input when the model declares it
-     * symbolic); the memory plan is sized for it at load. Ignored for fixed-batch models. */
+     * symbolic). The graph is compiled and planned for one sample and run once per sample;
+     * above 1, the load checks that the graph never mixes samples (XR_E_UNSUPPORTED if it
+     * does). Ignored for fixed-batch models. */
     uint32_t max_batch;
     /* Graph rewrites (BatchNormalization folding, activation/residual fusion). Off only to debug
      * a suspected fusion bug: results must be the same either way. */

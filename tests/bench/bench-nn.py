@@ -182,6 +182,7 @@ def main():
     samples = {}   # (engine, model, threads, batch) -> [median ms per round]
     rss = {}       # engine -> max ru_maxrss kB at resnet50 batch 8, most threads
     peaks = {t: [] for t in args.threads}
+    loads = []     # 1-minute load average before each measurement: other work skews the figures
     for rnd in range(args.rounds):
         for t in args.threads:
             g = sgemm_peak(args, t)
@@ -194,6 +195,7 @@ def main():
                     runs = args.runs_b1 if batch == 1 else args.runs_b8
                     for e in order:
                         cmd = e.command(m, info[m]['path'], info[m]['size'], batch, t, runs)
+                        loads.append(os.getloadavg()[0])
                         rc, out, err, maxrss = run_measured(cmd, e.env(t))
                         kv = parse_kv(out)
                         if rc != 0 or 'median_ms' not in kv:
@@ -245,13 +247,19 @@ def main():
     print(f'nn benchmark: {args.rounds} rounds, {args.runs_b1}/{args.runs_b8} timed runs per process '
           f'at batch 1/8, ONNX variant {args.variant}, {os.cpu_count()} CPUs, '
           f'{time.monotonic() - t_start:.0f}s')
+    ncpu = os.cpu_count() or 1
+    if loads:
+        print(f'load average during the run: median {statistics.median(loads):.1f}, max {max(loads):.1f} '
+              f'on {ncpu} CPUs' + ('  !!! the machine was busy: absolute figures are pessimistic, '
+                                   'OpenMP engines (xreg, pytorch) suffer most at 2 threads'
+                                   if statistics.median(loads) > ncpu + 0.5 else ''))
     print('sgemm peak (oneDNN, N=%d): ' % args.sgemm_n +
           ', '.join(f'{t} thread{"s" if t > 1 else ""} {peak[t]:.1f} GFLOP/s' if peak[t] else f'{t}: n/a'
                     for t in args.threads))
     print('GFLOP per image: ' + ', '.join(f'{m} {info[m]["gflop"]:.2f}' for m in args.models))
     print('\n'.join(lines))
     print()
-    print(f'peak RSS at resnet50 batch 8, {max(args.threads)} threads (ru_maxrss of the engine\'s process):')
+    print(f'peak RSS at resnet50 batch 8, {max(args.threads)} thread(s) (ru_maxrss of the engine\'s process):')
     for n in names:
         if n in rss:
             vs = f' ({rss[n] / rss["ort"]:.2f}x onnxruntime)' if 'ort' in rss and n != 'ort' else ''
@@ -281,7 +289,7 @@ def main():
         with open(args.json, 'w') as f:
             json.dump({'results': results, 'peak_rss_kb': rss, 'sgemm_gflops': peak,
                        'gflop_per_image': {m: info[m]['gflop'] for m in args.models},
-                       'rounds': args.rounds}, f, indent=1)
+                       'rounds': args.rounds, 'load_averages': loads}, f, indent=1)
     return 0
 
 

@@ -9,6 +9,7 @@
  * static-shape engine needs. Exit status 1 when a claimed case fails.
  *
  *     nn-conformance [-v] [-k SUBSTRING] DIR...
+ *     nn-conformance --list-ops      (the claimed ops, one per line, sorted)
  */
 #include <dirent.h>
 #include <errno.h>
@@ -178,7 +179,7 @@ static xr_code load_model(const char *path, char **names, size_t n_names, const 
 
 static result run_case(const char *dir, char *why, size_t why_n)
 {
-    char path[4200];
+    char path[4300];
     snprintf(path, sizeof(path), "%s/model.onnx", dir);
     size_t n;
     uint8_t *buf = slurp(path, &n);
@@ -342,6 +343,16 @@ int main(int argc, char **argv)
     bool verbose = false;
     const char *filter = NULL;
     int first = 1;
+    if (argc == 2 && strcmp(argv[1], "--list-ops") == 0) {
+        const char *ops[512];
+        size_t n = 0;
+        while (n < 512 && (ops[n] = nn_claimed_op(n)))
+            n++;
+        qsort(ops, n, sizeof(ops[0]), cmp_names);
+        for (size_t i = 0; i < n; i++)
+            printf("%s\n", ops[i]);
+        return 0;
+    }
     while (first < argc && argv[first][0] == '-') {
         if (strcmp(argv[first], "-v") == 0)
             verbose = true;

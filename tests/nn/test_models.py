@@ -56,22 +56,16 @@ VARIANTS = _variants()
 
 @pytest.fixture(scope="session")
 def engine() -> list[str]:
-    """The command prefix that runs a model; skips every parity test, loudly, when the engine is
-    not built into this xregctl yet."""
+    """The command prefix that runs a model (xregctl nn-run, or onnxruntime-node to check the
+    harness itself)."""
     if ENGINE == "ort-node":
         return ["node", str(ORT_NODE)]
     xregctl = os.environ.get("XREGCTL")
     if not xregctl:
         pytest.fail("XREGCTL is not set (meson sets it; see tests/nn/meson.build)", pytrace=False)
-    # TODO(merge): remove this guard once nn-run is on the branch; it keeps this branch green
-    # while the engine lands on another branch.
-    # (xregctl without nn-run prints its general help, exit 0, for "nn-run --help".)
     r = subprocess.run([xregctl, "nn-run", "--help"], capture_output=True, text=True, timeout=60)
-    if r.returncode != 0 or "nn-run" not in r.stdout + r.stderr:
-        msg = (r.stderr or r.stdout).strip().splitlines()
-        pytest.skip("!!! xregctl nn-run is not available in this build "
-                    f"(exit {r.returncode}: {msg[0] if msg else ''}): "
-                    "the parity tests did NOT run !!!")
+    assert r.returncode == 0 and "nn-run" in r.stdout + r.stderr, \
+        f"xregctl nn-run is not usable (exit {r.returncode}): {(r.stderr or r.stdout)[:300]}"
     return [xregctl, "nn-run"]
 
 

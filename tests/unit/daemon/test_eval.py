@@ -183,6 +183,18 @@ def test_multiclass_vs_sklearn(tmp_path):
     mp, mr, mf, _ = skm.precision_recall_fscore_support(y, pred, average='macro', zero_division=0)
     assert (j['macro']['precision'], j['macro']['recall'], j['macro']['f1']) == \
         pytest.approx((mp, mr, mf), abs=1e-12)
+    # one-vs-rest AUC per class with its DeLong CI, and the ROC points
+    z = scipy.stats.norm.ppf(0.975)
+    for i, l in enumerate(labels):
+        c = j['per_class'][l]
+        yi = (y == i).astype(int)
+        auc, var = delong_reference(yi, Pf[:, i])
+        assert c['auc_ovr'] == pytest.approx(skm.roc_auc_score(yi, Pf[:, i]), abs=1e-12)
+        assert c['auc_ovr_ci95'] == pytest.approx(
+            [max(0, auc - z * math.sqrt(var)), min(1, auc + z * math.sqrt(var))], abs=1e-9)
+        fpr, tpr, _ = skm.roc_curve(yi, Pf[:, i], drop_intermediate=False)
+        roc = np.array([[q[1], q[2]] for q in c['roc_ovr']])
+        np.testing.assert_allclose(roc, np.stack([fpr, tpr], 1), atol=1e-12)
     conf = Pf.max(1)
     bins = np.minimum((conf * 10).astype(int), 9)
     ok = (pred == y)
@@ -234,6 +246,12 @@ def test_degenerate(tmp_path):
     r = run('eval', '--truth', tmp_path / 'empty.csv', f'csv:{p}', '--labels', 'absent,present',
             check=False)
     assert r.returncode == 1 and 'no ground-truth rows' in r.stderr
+    # a spreadsheet export: UTF-8 BOM, CRLF, no header
+    (tmp_path / 'bom.csv').write_bytes(b'\xef\xbb\xbf' + b''.join(
+        f'{k},absent\r\n'.encode() for k in keys))
+    j = json.loads(run('eval', '--truth', tmp_path / 'bom.csv', f'csv:{p}', '--labels',
+                       'absent,present', '--json').stdout)
+    assert j['n'] == 4
     # UID rows cannot be run through a model: say so
     r = run('eval', '--truth', t2, os.path.join(MODELS, 'good-implant.onnx'), check=False)
     assert r.returncode == 1 and 'use registry:NAME' in r.stderr

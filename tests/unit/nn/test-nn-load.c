@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -341,6 +342,13 @@ static void test_tensor_data_checked(void **state)
     b.inits[0].n_dims = 3;
     b.inits[0].dims = huge;
     assert_int_equal(load_b(&b, NULL, &m, &err), XR_E_LIMIT);
+    /* within the element limit but past the byte limit (2^28 floats = 1 GiB + 4 bytes) */
+    relu_add_model(&b, false);
+    static int64_t big[2] = {(INT64_C(1) << 28) + 1, 1};
+    b.inits[0].n_dims = 2;
+    b.inits[0].dims = big;
+    assert_int_equal(load_b(&b, NULL, &m, &err), XR_E_LIMIT);
+    assert_non_null(strstr(err.msg, "bytes, at most"));
     /* unsupported type */
     relu_add_model(&b, false);
     b.inits[0].data_type = NN_DTYPE_STRING;
@@ -577,6 +585,58 @@ static void test_fusion_matches_reference(void **state)
     assert_true(positive > 0 && positive < 27); /* the Relu did something */
 }
 
+typedef struct worker_arg {
+    const nn_model *m;
+    const float *x;
+    const float *want;
+    int ok;
+} worker_arg;
+
+static void *worker(void *p)
+{
+    worker_arg *a = p;
+    nn_session *s = NULL;
+    xr_error err = XR_ERROR_INIT;
+    float y[8];
+    const void *in[1] = {a->x};
+    void *out[1] = {y};
+    if (nn_session_new(a->m, 1, &s, &err))
+        return NULL;
+    a->ok = 1;
+    for (int i = 0; i < 200 && a->ok; i++) {
+        if (nn_session_run(s, 2, in, out, &err) || memcmp(y, a->want, sizeof(y)) != 0)
+            a->ok = 0;
+    }
+    nn_session_free(s);
+    return NULL;
+}
+
+/* One shared model, a session per thread, runs at the same time: same results. */
+static void test_sessions_in_threads(void **state)
+{
+    (void)state;
+    builder b;
+    relu_add_model(&b, true);
+    nn_params p = nn_params_default();
+    p.max_batch = 2;
+    nn_model *m = NULL;
+    xr_error err = XR_ERROR_INIT;
+    assert_int_equal(load_b(&b, &p, &m, &err), XR_OK);
+    float x[8] = {0, 0, 0, 0, -2, 2, 1, 1};
+    const float want[8] = {1, 0, 0.5f, 0, 0, 1, 1.5f, 0.5f};
+    pthread_t t[4];
+    worker_arg a[4];
+    for (int i = 0; i < 4; i++) {
+        a[i] = (worker_arg){m, x, want, 0};
+        assert_int_equal(pthread_create(&t[i], NULL, worker, &a[i]), 0);
+    }
+    for (int i = 0; i < 4; i++) {
+        pthread_join(t[i], NULL);
+        assert_int_equal(a[i].ok, 1);
+    }
+    nn_model_free(m);
+}
+
 static void test_claimed_list(void **state)
 {
     (void)state;
@@ -603,6 +663,7 @@ int main(void)
         cmocka_unit_test(test_external_data),
         cmocka_unit_test(test_dynamic_batch_and_metadata),
         cmocka_unit_test(test_fusion_matches_reference),
+        cmocka_unit_test(test_sessions_in_threads),
         cmocka_unit_test(test_claimed_list),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
