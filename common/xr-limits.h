@@ -17,6 +17,13 @@
 #define XR_MAX_ASSOCIATIONS_MAX 1024
 /* Pipeline workers: each holds one PostgreSQL connection. */
 #define XR_WORKERS_MAX 64
+/* OpenMP threads per worker: past the cores of a large server, more only adds contention. */
+#define XR_THREADS_PER_WORKER_MAX 256
+/* Objects classified in one batch: each holds its model inputs (3 x 224 x 224 floats = 588 KiB
+ * per model and frame), and CPU inference gains little past a few dozen. */
+#define XR_BATCH_MAX 256
+/* How long a worker may hold the first object of a batch waiting for more. */
+#define XR_BATCH_WAIT_MS_MAX 10000
 /* A single received object; bigger ones are refused with A700 before disk fills (a 3000x3000
  * 16-bit CR is 18 MB; multi-frame secondary capture can reach hundreds of MB). */
 #define XR_OBJECT_MAX_BYTES (4ULL * 1024 * 1024 * 1024)

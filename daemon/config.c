@@ -11,9 +11,11 @@
 #include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <yaml.h>
 
 #include "dicom.h"
@@ -51,8 +53,16 @@ static bool validate_conninfo(const char *v, char *why, size_t n);
 static bool validate_user(const char *v, char *why, size_t n);
 static bool validate_frames(const char *v, char *why, size_t n);
 static bool validate_pseudonym_mode(const char *v, char *why, size_t n);
+static bool validate_model_path(const char *v, char *why, size_t n);
+static bool validate_threshold(const char *v, char *why, size_t n);
+static bool validate_body_part_terms(const char *v, char *why, size_t n);
 
 #define OFF(field) offsetof(xregd_config, field)
+#define MODEL_PATH_EXPECTED                                                                        \
+    "the path of an ONNX file (absolute, or relative to the configuration file's folder), or "    \
+    "\"\" to turn the task off"
+#define THRESHOLD_EXPECTED                                                                         \
+    "a number between 0 and 1 (exclusive), or \"\" for the model's own xreg.threshold"
 #define KIB 1024LL
 #define MIB (1024LL * KIB)
 #define GIB (1024LL * MIB)
@@ -93,6 +103,13 @@ static const config_key config_schema[] = {
      NULL, NULL},
     {"pipeline.workers", CONFIG_INT, OFF(pipeline.workers), "2", 1, XR_WORKERS_MAX, false, NULL,
      NULL},
+    {"pipeline.threads_per_worker", CONFIG_INT, OFF(pipeline.threads_per_worker), "1", 1,
+     XR_THREADS_PER_WORKER_MAX, false, NULL, NULL},
+    /* Models are compiled for this batch size at load: a change needs a restart. */
+    {"pipeline.batch_max", CONFIG_INT, OFF(pipeline.batch_max), "8", 1, XR_BATCH_MAX, false, NULL,
+     NULL},
+    {"pipeline.batch_wait_ms", CONFIG_INT, OFF(pipeline.batch_wait_ms), "20", 0,
+     XR_BATCH_WAIT_MS_MAX, true, NULL, NULL},
     {"log.level", CONFIG_STRING, OFF(log.level), "info", 0, 0, true, validate_log_level,
      "one of error, warning, notice, info, debug"},
     {"metrics.bind", CONFIG_STRING, OFF(metrics.bind), "127.0.0.1", 0, 0, false, validate_bind,
@@ -119,6 +136,21 @@ static const config_key config_schema[] = {
      0, 0, false, validate_pseudonym_mode, "keep, drop or hmac"},
     {"pseudonymize.key_file", CONFIG_STRING, OFF(pseudonymize.key_file), "", 0, 0, false,
      validate_abs_path_or_empty, "an absolute path, or \"\" when no field is hmac"},
+    /* A reload loads the new set off the main loop and swaps it in whole (xregd.c). */
+    {"models.body_part.path", CONFIG_STRING, OFF(models.body_part.path), "", 0, 0, true,
+     validate_model_path, MODEL_PATH_EXPECTED},
+    {"models.implant.path", CONFIG_STRING, OFF(models.implant.path), "", 0, 0, true,
+     validate_model_path, MODEL_PATH_EXPECTED},
+    {"models.implant.threshold", CONFIG_STRING, OFF(models.implant.threshold), "", 0, 0, true,
+     validate_threshold, THRESHOLD_EXPECTED},
+    {"models.fracture.path", CONFIG_STRING, OFF(models.fracture.path), "", 0, 0, true,
+     validate_model_path, MODEL_PATH_EXPECTED},
+    {"models.fracture.threshold", CONFIG_STRING, OFF(models.fracture.threshold), "", 0, 0, true,
+     validate_threshold, THRESHOLD_EXPECTED},
+    {"models.fracture.body_parts", CONFIG_STRING, OFF(models.fracture.body_parts), "PELVIS,HIP",
+     0, 0, true, validate_body_part_terms,
+     "comma-separated DICOM Body Part Examined terms (upper case, e.g. \"PELVIS,HIP\"), or \"*\" "
+     "for every body part"},
 };
 
 #define N_KEYS (sizeof(config_schema) / sizeof(config_schema[0]))
@@ -131,6 +163,18 @@ size_t config_n_keys(void)
 const char *config_key_path(size_t i)
 {
     return i < N_KEYS ? config_schema[i].path : NULL;
+}
+
+bool config_key_equal(const xregd_config *a, const xregd_config *b, size_t i)
+{
+    if (i >= N_KEYS)
+        return false;
+    const config_key *k = &config_schema[i];
+    if (k->type == CONFIG_STRING)
+        return strcmp(*(char *const *)((const char *)a + k->offset),
+                      *(char *const *)((const char *)b + k->offset)) == 0;
+    return *(const int64_t *)((const char *)a + k->offset) ==
+           *(const int64_t *)((const char *)b + k->offset);
 }
 
 bool config_key_reloadable(size_t i)
@@ -238,6 +282,73 @@ static bool validate_pseudonym_mode(const char *v, char *why, size_t n)
         return true;
     snprintf(why, n, "unrecognized mode \"%s\"", v);
     return false;
+}
+
+static bool validate_model_path(const char *v, char *why, size_t n)
+{
+    if (strlen(v) > XR_PATH_MAX) {
+        snprintf(why, n, "path is %zu bytes but must be at most %d", strlen(v), XR_PATH_MAX);
+        return false;
+    }
+    for (const char *p = v; *p; p++)
+        if ((unsigned char)*p < 0x20) {
+            snprintf(why, n, "contains control character 0x%02x", (unsigned char)*p);
+            return false;
+        }
+    return true;
+}
+
+/* "" or a number in (0, 1); *ret gets NAN for "". */
+static bool parse_threshold(const char *v, double *ret)
+{
+    if (v[0] == '\0') {
+        *ret = NAN;
+        return true;
+    }
+    errno = 0;
+    char *end;
+    double d = strtod(v, &end);
+    if (errno || end == v || *end || !(d > 0.0 && d < 1.0))
+        return false;
+    *ret = d;
+    return true;
+}
+
+static bool validate_threshold(const char *v, char *why, size_t n)
+{
+    double d;
+    if (parse_threshold(v, &d))
+        return true;
+    snprintf(why, n, "\"%s\" is not a number between 0 and 1", v);
+    return false;
+}
+
+static bool validate_body_part_terms(const char *v, char *why, size_t n)
+{
+    if (strcmp(v, "*") == 0)
+        return true;
+    const char *p = v;
+    for (;;) {
+        const char *end = strchr(p, ',');
+        size_t len = end ? (size_t)(end - p) : strlen(p);
+        if (len == 0 || len > 16) {
+            snprintf(why, n, "a term of %zu characters in \"%s\" (each must have 1 to 16)", len,
+                     v);
+            return false;
+        }
+        for (size_t i = 0; i < len; i++) {
+            char c = p[i];
+            if (!((c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == ' ' || c == '_')) {
+                snprintf(why, n, "\"%.*s\" is not a DICOM defined term (upper-case letters, "
+                                 "digits, space, underscore)",
+                         (int)len, p);
+                return false;
+            }
+        }
+        if (!end)
+            return true;
+        p = end + 1;
+    }
 }
 
 /* ---- value parsing ------------------------------------------------------------------------- */
@@ -475,6 +586,8 @@ xregd_config *config_new_default(void)
         if (set_value(cfg, &config_schema[i], config_schema[i].def, why, sizeof(why)))
             return config_free(cfg); /* only OOM can fail here: defaults are valid */
     }
+    cfg->models.implant.threshold_value = NAN;
+    cfg->models.fracture.threshold_value = NAN;
     return cfg;
 }
 
@@ -488,6 +601,31 @@ xregd_config *config_free(xregd_config *cfg)
     free(cfg->path);
     free(cfg);
     return NULL;
+}
+
+/* Make *path absolute against the folder of the configuration file called name. */
+static xr_code resolve_model_path(const char *name, char **path, xr_error *err)
+{
+    char *p = *path, *abs = NULL;
+    if (p[0] == '\0' || p[0] == '/')
+        return XR_OK;
+    const char *slash = strrchr(name, '/');
+    char cwd[XR_PATH_MAX + 1];
+    bool need_cwd = !slash || name[0] != '/';
+    if (need_cwd && !getcwd(cwd, sizeof(cwd)))
+        return xr_error_errno(err, errno, "%s: cannot resolve model path \"%s\"", name, p);
+    int rc;
+    if (!slash)
+        rc = asprintf(&abs, "%s/%s", cwd, p);
+    else if (name[0] == '/')
+        rc = asprintf(&abs, "%.*s/%s", (int)(slash - name), name, p);
+    else
+        rc = asprintf(&abs, "%s/%.*s/%s", cwd, (int)(slash - name), name, p);
+    if (rc < 0)
+        return xr_error_set(err, XR_E_NOMEM, "out of memory");
+    free(p);
+    *path = abs;
+    return XR_OK;
 }
 
 /* Cross-key checks and derived values, after every key is read. */
@@ -508,6 +646,17 @@ static xr_code config_finish(xregd_config *cfg, const char *name, xr_error *err)
                             "%s: pseudonymize.%s is hmac but pseudonymize.key_file is not set "
                             "(expected the path of a secret key file)",
                             name, hmac_key);
+    (void)parse_threshold(cfg->models.implant.threshold, &cfg->models.implant.threshold_value);
+    (void)parse_threshold(cfg->models.fracture.threshold, &cfg->models.fracture.threshold_value);
+    /* Relative model paths are relative to the file's folder, so that a configuration can sit
+     * next to its models wherever it is installed. */
+    char **model_paths[] = {&cfg->models.body_part.path, &cfg->models.implant.path,
+                            &cfg->models.fracture.path};
+    for (size_t i = 0; i < sizeof(model_paths) / sizeof(model_paths[0]); i++) {
+        xr_code rc = resolve_model_path(name, model_paths[i], err);
+        if (rc)
+            return rc;
+    }
     if (cfg->spool.dir[0] == '\0') {
         char *dir;
         if (asprintf(&dir, "%s/spool", cfg->state_dir) < 0)

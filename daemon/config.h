@@ -42,6 +42,9 @@ typedef struct xregd_config {
     } database;
     struct {
         int64_t workers;
+        int64_t threads_per_worker; /* OpenMP threads of each worker's inference sessions */
+        int64_t batch_max;          /* objects classified together */
+        int64_t batch_wait_ms;      /* how long a worker waits to fill a batch */
     } pipeline;
     struct {
         char *level;
@@ -63,6 +66,26 @@ typedef struct xregd_config {
         char *accession_number; /* keep | drop | hmac */
         char *key_file;         /* "" unless a field is hmac */
     } pseudonymize;
+    /*
+     * Classification models. A path is "" (task disabled) or, after load, absolute: a relative
+     * path in the file is taken relative to the configuration file's folder.
+     */
+    struct {
+        struct {
+            char *path;
+        } body_part;
+        struct {
+            char *path;
+            char *threshold;        /* "" = the model's xreg.threshold */
+            double threshold_value; /* parsed; NAN when threshold is "" */
+        } implant;
+        struct {
+            char *path;
+            char *threshold;
+            double threshold_value;
+            char *body_parts; /* comma-separated DICOM Body Part Examined terms */
+        } fracture;
+    } models;
     char *path; /* the file it was loaded from */
 } xregd_config;
 
@@ -85,6 +108,8 @@ xregd_config *config_free(xregd_config *cfg);
 /* Number of schema keys and the dotted path of key i (for the docs lint and check-config). */
 size_t config_n_keys(void);
 const char *config_key_path(size_t i);
+/* Whether key i has the same value in a and b. */
+bool config_key_equal(const xregd_config *a, const xregd_config *b, size_t i);
 /* Whether key i can change on reload. */
 bool config_key_reloadable(size_t i);
 /*

@@ -917,7 +917,7 @@ static int read_registry(candidate *c, truth_set *t, db_conn *d, const eval_opts
     rows = registry_rows_free(rows);
 
     /* The threshold the daemon was configured with, when the registry records it per prediction
-     * (migration 0004's xreg.prediction.threshold); else the model's xreg.threshold. */
+     * (migration 0005's xreg.prediction.threshold); else the model's xreg.threshold. */
     const char *p_thr[2] = {name, sha_buf};
     if (registry_select(d->reg,
                         "SELECT count(*) FROM information_schema.columns WHERE table_schema = "

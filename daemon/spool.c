@@ -130,6 +130,52 @@ bool spool_next(spool *sp, spool_item *ret_item)
     return true;
 }
 
+static struct timespec deadline_after_ms(int64_t timeout_ms)
+{
+    struct timespec deadline;
+    clock_gettime(CLOCK_MONOTONIC, &deadline);
+    deadline.tv_sec += timeout_ms / 1000;
+    deadline.tv_nsec += (timeout_ms % 1000) * 1000000;
+    if (deadline.tv_nsec >= 1000000000) {
+        deadline.tv_sec++;
+        deadline.tv_nsec -= 1000000000;
+    }
+    return deadline;
+}
+
+size_t spool_next_batch(spool *sp, spool_item *ret_items, size_t max, int64_t wait_ms)
+{
+    size_t n = 0;
+    if (max == 0)
+        return 0;
+    pthread_mutex_lock(&sp->lock);
+    while (!sp->shutdown && sp->n == 0)
+        pthread_cond_wait(&sp->cond, &sp->lock);
+    struct timespec deadline = deadline_after_ms(wait_ms > 0 ? wait_ms : 0);
+    while (!sp->shutdown) {
+        while (n < max && sp->n > 0) {
+            ret_items[n++] = sp->ring[sp->head];
+            sp->head = (sp->head + 1) % sp->cap;
+            sp->n--;
+        }
+        if (n == max || wait_ms <= 0)
+            break;
+        if (pthread_cond_timedwait(&sp->cond, &sp->lock, &deadline) == ETIMEDOUT) {
+            /* What arrived with the timeout still joins this batch. */
+            while (n < max && sp->n > 0) {
+                ret_items[n++] = sp->ring[sp->head];
+                sp->head = (sp->head + 1) % sp->cap;
+                sp->n--;
+            }
+            break;
+        }
+    }
+    /* Shut down while collecting: the items taken stay in incoming/ for the next start, but
+     * the caller is told about them so that it may finish what it holds. */
+    pthread_mutex_unlock(&sp->lock);
+    return n;
+}
+
 void spool_shutdown(spool *sp)
 {
     pthread_mutex_lock(&sp->lock);

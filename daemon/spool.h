@@ -95,6 +95,13 @@ __attribute__((warn_unused_result)) xr_code spool_reject(spool *sp, const char *
 
 /* Wait for the next item; false once spool_shutdown was called. */
 bool spool_next(spool *sp, spool_item *ret_item);
+/*
+ * Wait for the next item, then keep taking items until max are held or wait_ms have passed
+ * since the first arrived (wait_ms <= 0: take only what is queued now). Returns how many were
+ * written to ret_items; 0 once spool_shutdown was called with nothing taken. Items taken when a
+ * shutdown interrupts the wait are returned: their files stay in incoming/ until spool_done.
+ */
+size_t spool_next_batch(spool *sp, spool_item *ret_items, size_t max, int64_t wait_ms);
 /* Wake every spool_next waiter and make them return false. */
 void spool_shutdown(spool *sp);
 /* Sleep up to timeout_ms unless spool_shutdown is called; false if shut down. */

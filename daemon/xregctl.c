@@ -76,7 +76,14 @@ static int cmd_check_config(const char *path, bool quiet)
                (long long)cfg->spool.max_bytes);
         printf("  database: %s\n", cfg->database.conninfo[0] ? "external (conninfo set)"
                                                            : "embedded cluster in state_dir");
-        printf("  pipeline: %lld workers\n", (long long)cfg->pipeline.workers);
+        printf("  pipeline: %lld workers x %lld threads, batches of up to %lld (wait %lld ms)\n",
+               (long long)cfg->pipeline.workers, (long long)cfg->pipeline.threads_per_worker,
+               (long long)cfg->pipeline.batch_max, (long long)cfg->pipeline.batch_wait_ms);
+        printf("  models: body_part %s, implant %s, fracture %s (on %s)\n",
+               cfg->models.body_part.path[0] ? cfg->models.body_part.path : "off",
+               cfg->models.implant.path[0] ? cfg->models.implant.path : "off",
+               cfg->models.fracture.path[0] ? cfg->models.fracture.path : "off",
+               cfg->models.fracture.body_parts);
     }
     config_free(cfg);
     return 0;

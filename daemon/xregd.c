@@ -24,7 +24,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
 #include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/signalfd.h>
 #include <sys/timerfd.h>
 #include <systemd/sd-daemon.h>
@@ -35,6 +37,7 @@
 #include "dicom.h"
 #include "log.h"
 #include "metrics.h"
+#include "models.h"
 #include "pgembed.h"
 #include "pseudonym.h"
 #include "pipeline.h"
@@ -51,7 +54,9 @@ typedef struct daemon_metrics {
     metrics_counter *assoc_rejected;  /* calling_ae */
     metrics_counter *instances_total; /* outcome, reason */
     metrics_histogram *stage_seconds; /* stage */
-    metrics_histogram *inference_seconds; /* model; no models yet */
+    metrics_histogram *inference_seconds; /* model */
+    metrics_counter *inferences_total;    /* model */
+    metrics_counter *classify_failures_total; /* reason, task */
     metrics_counter *registered_total;
     metrics_counter *failed_total;
     metrics_counter *db_errors_total;
@@ -74,6 +79,15 @@ typedef struct daemon_ctx {
     pthread_mutex_t scp_lock; /* run() returned: scp_done, scp_cond */
     pthread_cond_t scp_cond;
     bool scp_done;
+    /* Model reload off the main loop: a thread loads the new set, then writes reload_efd. */
+    int reload_efd;
+    bool reload_running;  /* main thread only */
+    bool reload_pending;  /* a SIGHUP arrived while loading: reload again after */
+    pthread_t reload_thread;
+    xregd_config *reload_cfg; /* owned by the thread while it runs */
+    model_set *reload_result;
+    xr_error reload_err;
+    double reload_seconds;
 } daemon_ctx;
 
 #define ASSOC_FMT "[assoc %" PRIu64 " \"%s\"@%s]"
@@ -306,7 +320,17 @@ static xr_code metrics_setup(daemon_ctx *ctx, xr_error *err)
               "and register: in the workers)",
               "stage", b, nb)) ||
         !(dm->inference_seconds = metrics_histogram_new(
-              dm->m, "xreg_inference_seconds", "Inference latency per model", "model", b, nb)) ||
+              dm->m, "xreg_inference_seconds",
+              "Latency of one batch run per model (see xreg_inferences_total for images)", "model",
+              b, nb)) ||
+        !(dm->inferences_total = metrics_counter_new(dm->m, "xreg_inferences_total",
+                                                     "Images classified per model", "model",
+                                                     NULL)) ||
+        !(dm->classify_failures_total = metrics_counter_new(
+              dm->m, "xreg_classify_failures_total",
+              "Objects registered without (some) classification, by reason and task (all: no "
+              "model could run)",
+              "reason", "task")) ||
         !(dm->db_errors_total = metrics_counter_new(dm->m, "xreg_db_errors_total",
                                                     "Registry errors by kind", "kind", NULL)) ||
         !(dm->db_retries_total = metrics_counter_new(
@@ -338,7 +362,8 @@ static bool ready_check(void *userdata, char *why, size_t n)
         snprintf(why, n, "spool full: %" PRIu64 " of %" PRIu64 " bytes", bytes, max);
         return false;
     }
-    /* Models: none are configured yet (classification is a later stage). */
+    /* Models are loaded before READY=1 and a failed reload keeps the running ones: nothing to
+     * check here. */
     return true;
 }
 
@@ -399,7 +424,32 @@ static char *status_render(daemon_ctx *ctx, bool json)
         fprintf(f, "\"database\":{\"reachable\":%s,\"retries\":%" PRIu64 ",\"embedded\":%s},",
                 st.db_ok ? "true" : "false", st.n_retries,
                 c->database.conninfo[0] ? "false" : "true");
-        fprintf(f, "\"models\":[],\"last_error\":");
+        fprintf(f, "\"classified\":%" PRIu64 ",\"unclassified\":%" PRIu64 ",\"models\":[",
+                st.n_classified, st.n_unclassified);
+        model_set *ms = ctx->pl ? pipeline_models(ctx->pl) : NULL;
+        bool first = true;
+        for (int t = 0; ms && t < CLASSIFIER_TASK_MAX; t++) {
+            const model_slot *sl = &ms->slot[t];
+            if (!sl->c)
+                continue;
+            const classifier_meta *mm = sl->meta;
+            fprintf(f, "%s{\"task\":\"%s\",\"name\":", first ? "" : ",",
+                    classifier_task_name(mm->task));
+            first = false;
+            json_string(f, mm->name);
+            fprintf(f, ",\"version\":");
+            json_string(f, mm->version);
+            fprintf(f, ",\"sha256\":\"%s\",\"path\":", mm->sha256);
+            json_string(f, sl->path);
+            fprintf(f, ",\"placeholder\":%s,\"placeholder_reason\":",
+                    mm->placeholder ? "true" : "false");
+            json_string(f, mm->placeholder ? mm->placeholder : "");
+            if (mm->task != CLASSIFIER_TASK_BODY_PART)
+                fprintf(f, ",\"threshold\":%.6g", sl->threshold);
+            fprintf(f, ",\"generation\":%" PRIu64 "}", ms->generation);
+        }
+        ms = model_set_unref(ms);
+        fprintf(f, "],\"last_error\":");
         json_string(f, st.last_error);
         fprintf(f, ",\"last_error_at_us\":%" PRId64 ",\"recent_problems\":[", st.last_error_at_us);
         for (size_t i = 0; i < n_recent; i++) {
@@ -428,7 +478,23 @@ static char *status_render(daemon_ctx *ctx, bool json)
                 " bytes, oldest waiting %.1f s (\"%s\")\n",
                 spool_depth(ctx->sp), spool_bytes(ctx->sp), c->spool.max_bytes, oldest_age,
                 spool_dir(ctx->sp));
-        fprintf(f, "models    none (classification is not enabled in this version)\n");
+        model_set *ms = ctx->pl ? pipeline_models(ctx->pl) : NULL;
+        if (!ms || !ms->n_loaded)
+            fprintf(f, "models    none configured: objects are registered without classification\n");
+        else
+            fprintf(f, "models    %" PRIu64 " classified, %" PRIu64 " registered unclassified\n",
+                    st.n_classified, st.n_unclassified);
+        for (int t = 0; ms && t < CLASSIFIER_TASK_MAX; t++) {
+            const model_slot *sl = &ms->slot[t];
+            if (!sl->c)
+                continue;
+            const classifier_meta *mm = sl->meta;
+            fprintf(f, "  %-9s \"%s\" version %s, sha256 %.12s%s%s\n",
+                    classifier_task_name(mm->task), mm->name, mm->version, mm->sha256,
+                    mm->placeholder ? ", PLACEHOLDER: " : "",
+                    mm->placeholder ? mm->placeholder : "");
+        }
+        ms = model_set_unref(ms);
         fprintf(f, "problems  %s\n", n_recent ? "most recent warnings and errors:" : "none logged");
         for (size_t i = 0; i < n_recent; i++)
             fprintf(f, "  %s\n", recent[i]);
@@ -469,8 +535,91 @@ static void log_non_reloadable(void *userdata, const char *path)
     log_warning("reload: \"%s\" changed but needs a restart; keeping the running value", path);
 }
 
+static void reload(daemon_ctx *ctx);
+
+/* Log what each task will run with; a task without a model says so. */
+static void log_models(const model_set *ms, const xregd_config *cfg, const char *when)
+{
+    static const char *keys[] = {"models.body_part.path", "models.implant.path",
+                                 "models.fracture.path"};
+    for (int t = 0; t < CLASSIFIER_TASK_MAX; t++) {
+        const model_slot *sl = &ms->slot[t];
+        char what[1024];
+        if (!sl->c) {
+            log_notice("%s: %s is empty: %s classification is off", when, keys[t],
+                       classifier_task_name((classifier_task)t));
+            continue;
+        }
+        model_slot_describe(sl, what, sizeof(what));
+        log_notice("%s: %s model %s, loaded and warmed up in %.2f s%s%s", when,
+                   classifier_task_name((classifier_task)t), what, sl->load_seconds,
+                   t == CLASSIFIER_TASK_FRACTURE ? "; runs on body parts " : "",
+                   t == CLASSIFIER_TASK_FRACTURE ? cfg->models.fracture.body_parts : "");
+        if (sl->meta->placeholder)
+            log_warning("%s: the %s model is a placeholder and must not be trusted: %s", when,
+                        classifier_task_name((classifier_task)t), sl->meta->placeholder);
+    }
+}
+
+static void *reload_main(void *arg)
+{
+    daemon_ctx *ctx = arg;
+    pthread_setname_np(pthread_self(), "xreg-reload");
+    double t0 = xr_mono_s();
+    ctx->reload_result = NULL;
+    ctx->reload_err = (xr_error)XR_ERROR_INIT;
+    if (model_set_load(ctx->reload_cfg, (uint32_t)ctx->cfg->pipeline.batch_max,
+                       &ctx->reload_result, &ctx->reload_err))
+        ctx->reload_result = NULL;
+    ctx->reload_seconds = xr_mono_s() - t0;
+    uint64_t one = 1;
+    if (write(ctx->reload_efd, &one, sizeof(one)) < 0)
+        log_error("reload: could not wake the main loop: %m");
+    return NULL;
+}
+
+/* The model loader finished (main thread): swap the set in, or keep the running one. */
+static void reload_models_done(daemon_ctx *ctx)
+{
+    uint64_t v;
+    if (read(ctx->reload_efd, &v, sizeof(v)) < 0)
+        return;
+    if (!ctx->reload_running)
+        return;
+    pthread_join(ctx->reload_thread, NULL);
+    ctx->reload_running = false;
+    bool ok = ctx->reload_result != NULL;
+    if (ok) {
+        log_models(ctx->reload_result, ctx->reload_cfg, "reload");
+        /* Workers finish their current batch with the old set, then take this one. */
+        pipeline_set_models(ctx->pl, ctx->reload_result);
+        ctx->reload_result = model_set_unref(ctx->reload_result);
+        log_notice("reload: model set swapped in (%.2f s to load and warm up)",
+                   ctx->reload_seconds);
+    } else {
+        log_error("reload: %s; keeping the running models", ctx->reload_err.msg);
+        if (ctx->reload_err.detail[0])
+            log_error("reload: %s", ctx->reload_err.detail);
+    }
+    ctx->reload_cfg = config_free(ctx->reload_cfg);
+    if (ctx->reload_pending) {
+        ctx->reload_pending = false;
+        log_notice("reload: another SIGHUP arrived while loading; reloading again");
+        reload(ctx);
+        return;
+    }
+    log_notice("configuration reloaded from \"%s\"", ctx->cfg->path);
+    sd_notifyf(0, "READY=1\nSTATUS=running%s",
+               ok ? "" : "; model reload failed, running on the previous models");
+}
+
 static void reload(daemon_ctx *ctx)
 {
+    if (ctx->reload_running) {
+        ctx->reload_pending = true;
+        log_notice("SIGHUP while models are loading: will reload again when done");
+        return;
+    }
     sd_notifyf(0, "RELOADING=1\nMONOTONIC_USEC=%" PRId64 "\nSTATUS=reloading", xr_mono_us());
     xregd_config *ncfg;
     xr_error err = XR_ERROR_INIT;
@@ -497,9 +646,29 @@ static void reload(daemon_ctx *ctx)
     ctx->cfg->database.retry_initial_ms = ncfg->database.retry_initial_ms;
     ctx->cfg->database.retry_max_ms = ncfg->database.retry_max_ms;
     ctx->cfg->dicom.stop_timeout_s = ncfg->dicom.stop_timeout_s;
-    config_free(ncfg);
-    log_notice("configuration reloaded from \"%s\"", ctx->cfg->path);
-    sd_notify(0, "READY=1\nSTATUS=running");
+    ctx->cfg->pipeline.batch_wait_ms = ncfg->pipeline.batch_wait_ms;
+    pipeline_set_batch_wait(ctx->pl, ncfg->pipeline.batch_wait_ms);
+    dicom_pixel_limits lim = {
+        .max_rows = (uint32_t)ncfg->pixels.max_rows,
+        .max_columns = (uint32_t)ncfg->pixels.max_columns,
+        .max_frames = (uint32_t)ncfg->pixels.max_frames,
+        .max_decoded_bytes = (uint64_t)ncfg->pixels.max_decoded_bytes,
+    };
+    pipeline_set_pixels(ctx->pl, &lim,
+                        (dicom_frame_policy)dicom_frame_policy_from_string(ncfg->pixels.frames));
+    /* Models are loaded, validated and warmed up by a thread; the loop keeps serving signals,
+     * the watchdog and status meanwhile, and READY=1 follows once the set is swapped in (or
+     * refused). */
+    ctx->reload_cfg = ncfg;
+    sd_notify(0, "STATUS=reloading models");
+    if ((errno = pthread_create(&ctx->reload_thread, NULL, reload_main, ctx))) {
+        log_error("reload: could not start the model loader: %m; keeping the running models");
+        ctx->reload_cfg = config_free(ctx->reload_cfg);
+        log_notice("configuration reloaded from \"%s\"", ctx->cfg->path);
+        sd_notify(0, "READY=1\nSTATUS=running; model reload failed");
+        return;
+    }
+    ctx->reload_running = true;
 }
 
 /* Periodic work: STATUS= for systemctl status, WATCHDOG=1 while the pipeline moves. */
@@ -594,6 +763,8 @@ int main(int argc, char **argv)
     bool scp_leaked = false;
     int sfd = -1, tfd = -1, efd = -1;
     pseudonymizer *pseudo = NULL;
+    model_set *models = NULL;
+    ctx.reload_efd = -1;
 
     log_setup(XR_LOG_INFO);
     if (config_load(config_path, &ctx.cfg, &err)) {
@@ -606,6 +777,15 @@ int main(int argc, char **argv)
     atomic_store(&ctx.stop_timeout_s, ctx.cfg->dicom.stop_timeout_s);
     log_notice("xregd %s starting with \"%s\"", XREG_VERSION, ctx.cfg->path);
 
+    /* Block the signals main handles before any thread starts (OpenMP
+     * starts its pool when the first model loads), so every thread inherits the mask. */
+    sigset_t mask;
+    sigemptyset(&mask);
+    sigaddset(&mask, SIGTERM);
+    sigaddset(&mask, SIGINT);
+    sigaddset(&mask, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &mask, NULL);
+    signal(SIGPIPE, SIG_IGN);
     /* DCMTK leaves Nagle on unless this is set; small objects then stall on delayed ACKs. */
     setenv("TCP_NODELAY", "1", 1);
     if (dicom_global_init(&err) || metrics_setup(&ctx, &err)) {
@@ -624,18 +804,36 @@ int main(int argc, char **argv)
         log_notice("pseudonymizing before registration: %s", what);
     }
 
-    /* Block the signals main handles before any thread starts, so threads inherit the mask. */
-    sigset_t mask;
-    sigemptyset(&mask);
-    sigaddset(&mask, SIGTERM);
-    sigaddset(&mask, SIGINT);
-    sigaddset(&mask, SIGHUP);
-    pthread_sigmask(SIG_BLOCK, &mask, NULL);
-    signal(SIGPIPE, SIG_IGN);
+    /* Models before anything listens: a model that does not load is a start-up error naming
+     * the file, and READY=1 means every configured model answered a warm-up run. */
+    {
+        unsigned n_cpus = 0;
+        cpu_set_t cpus;
+        if (sched_getaffinity(0, sizeof(cpus), &cpus) == 0)
+            n_cpus = (unsigned)CPU_COUNT(&cpus);
+        int64_t want = ctx.cfg->pipeline.workers * ctx.cfg->pipeline.threads_per_worker;
+        /* A warning, not a refusal: the count may be right for a cgroup quota we cannot see,
+         * and oversubscription only costs speed. */
+        if (n_cpus && want > (int64_t)n_cpus)
+            log_warning("pipeline.workers (%" PRId64 ") x pipeline.threads_per_worker (%" PRId64
+                        ") = %" PRId64 " threads for %u CPUs: inference will contend for cores",
+                        ctx.cfg->pipeline.workers, ctx.cfg->pipeline.threads_per_worker, want,
+                        n_cpus);
+        sd_notify(0, "STATUS=loading models");
+        if (model_set_load(ctx.cfg, (uint32_t)ctx.cfg->pipeline.batch_max, &models, &err)) {
+            log_error("%s", err.msg);
+            if (err.detail[0])
+                log_error("%s", err.detail);
+            goto out;
+        }
+        log_models(models, ctx.cfg, "start");
+    }
+
     sfd = signalfd(-1, &mask, SFD_CLOEXEC);
     tfd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC);
     efd = epoll_create1(EPOLL_CLOEXEC);
-    if (sfd < 0 || tfd < 0 || efd < 0) {
+    ctx.reload_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (sfd < 0 || tfd < 0 || efd < 0 || ctx.reload_efd < 0) {
         log_error("could not set up the event loop: %m");
         goto out;
     }
@@ -704,11 +902,24 @@ int main(int argc, char **argv)
         .failed_total = ctx.dm.failed_total,
         .db_errors_total = ctx.dm.db_errors_total,
         .db_retries_total = ctx.dm.db_retries_total,
+        .inference_seconds = ctx.dm.inference_seconds,
+        .inferences_total = ctx.dm.inferences_total,
+        .classify_failures_total = ctx.dm.classify_failures_total,
+        .models = models,
+        .threads_per_worker = (unsigned)ctx.cfg->pipeline.threads_per_worker,
+        .batch_max = (unsigned)ctx.cfg->pipeline.batch_max,
+        .batch_wait_ms = ctx.cfg->pipeline.batch_wait_ms,
+        .pixel_limits = {.max_rows = (uint32_t)ctx.cfg->pixels.max_rows,
+                         .max_columns = (uint32_t)ctx.cfg->pixels.max_columns,
+                         .max_frames = (uint32_t)ctx.cfg->pixels.max_frames,
+                         .max_decoded_bytes = (uint64_t)ctx.cfg->pixels.max_decoded_bytes},
+        .frame_policy = (dicom_frame_policy)dicom_frame_policy_from_string(ctx.cfg->pixels.frames),
     };
     if (pipeline_start(&pp, &ctx.pl, &err)) {
         log_error("%s", err.msg);
         goto out;
     }
+    models = model_set_unref(models); /* the pipeline holds its own reference */
 
     if (ctx.cfg->metrics.port) {
         http_server_params hp = {
@@ -764,8 +975,10 @@ int main(int argc, char **argv)
     its.it_value = its.it_interval;
     struct epoll_event ev_sig = {.events = EPOLLIN, .data.fd = sfd};
     struct epoll_event ev_tim = {.events = EPOLLIN, .data.fd = tfd};
+    struct epoll_event ev_rel = {.events = EPOLLIN, .data.fd = ctx.reload_efd};
     if (timerfd_settime(tfd, 0, &its, NULL) < 0 || epoll_ctl(efd, EPOLL_CTL_ADD, sfd, &ev_sig) < 0 ||
-        epoll_ctl(efd, EPOLL_CTL_ADD, tfd, &ev_tim) < 0) {
+        epoll_ctl(efd, EPOLL_CTL_ADD, tfd, &ev_tim) < 0 ||
+        epoll_ctl(efd, EPOLL_CTL_ADD, ctx.reload_efd, &ev_rel) < 0) {
         log_error("could not set up the event loop: %m");
         goto stop;
     }
@@ -783,8 +996,8 @@ int main(int argc, char **argv)
         sd_notify(0, "WATCHDOG=1");
 
     for (bool running = true; running;) {
-        struct epoll_event evs[2];
-        int n = epoll_wait(efd, evs, 2, -1);
+        struct epoll_event evs[3];
+        int n = epoll_wait(efd, evs, 3, -1);
         if (n < 0) {
             if (errno == EINTR)
                 continue;
@@ -792,6 +1005,10 @@ int main(int argc, char **argv)
             break;
         }
         for (int i = 0; i < n; i++) {
+            if (evs[i].data.fd == ctx.reload_efd) {
+                reload_models_done(&ctx);
+                continue;
+            }
             if (evs[i].data.fd == tfd) {
                 uint64_t expirations;
                 if (read(tfd, &expirations, sizeof(expirations)) > 0)
@@ -817,6 +1034,12 @@ int main(int argc, char **argv)
 
 stop:
     atomic_store(&ctx.ready, false);
+    if (ctx.reload_running) { /* a model load in progress: let it finish, drop its result */
+        pthread_join(ctx.reload_thread, NULL);
+        ctx.reload_running = false;
+        ctx.reload_result = model_set_unref(ctx.reload_result);
+        ctx.reload_cfg = config_free(ctx.reload_cfg);
+    }
     sd_notify(0, "STOPPING=1\nSTATUS=stopping");
     if (scp_started) {
         stop_scp(&ctx, scp_thread);
@@ -836,6 +1059,7 @@ out:
     pg = pgembed_stop(pg);
     free(conninfo);
     pseudo = pseudonymizer_free(pseudo); /* the workers that used it are joined */
+    models = model_set_unref(models);    /* the pipeline dropped its own reference */
     /* Association threads left behind by the stop timeout may still touch these: the process
      * exit ends them instead. */
     if (scp_leaked)
@@ -843,7 +1067,7 @@ out:
     ctx.sp = spool_close(ctx.sp);
     ctx.dm.m = metrics_free(ctx.dm.m);
     ctx.cfg = config_free(ctx.cfg);
-    const int fds[] = {sfd, tfd, efd};
+    const int fds[] = {sfd, tfd, efd, ctx.reload_efd};
     for (size_t i = 0; i < sizeof(fds) / sizeof(fds[0]); i++)
         if (fds[i] >= 0)
             close(fds[i]);

@@ -50,6 +50,7 @@ enum {
     STMT_MODEL_ID,
     STMT_PREDICTION,
     STMT_SUMMARY,
+    STMT_ISSUE,
     STMT_MAX,
 };
 
@@ -197,9 +198,18 @@ static const struct {
                            " RETURNING id"},
     [STMT_MODEL_ID] = {"xr_model_id", 2,
                        "SELECT id FROM xreg.model WHERE name = $1 AND sha256 = $2"},
-    [STMT_PREDICTION] = {"xr_prediction", 4,
-                         "SELECT xreg.record_prediction($1, $2::bigint, $3::real[], $4)"},
+    [STMT_PREDICTION] = {"xr_prediction", 5,
+                         "SELECT xreg.record_prediction($1, $2::bigint, $3::real[], $4,"
+                         " $5::real)"},
     [STMT_SUMMARY] = {"xr_summary", 1, "SELECT xreg.study_summary_refresh($1::bigint)"},
+    [STMT_ISSUE] = {"xr_issue", 4,
+                    "INSERT INTO xreg.classification_issue AS t"
+                    " (instance_ref, task, reason_code, reason) VALUES ($1::bigint, $2, $3, $4)"
+                    " ON CONFLICT (instance_ref) DO UPDATE SET"
+                    "  task = EXCLUDED.task, reason_code = EXCLUDED.reason_code,"
+                    "  reason = EXCLUDED.reason"
+                    " WHERE (t.task, t.reason_code, t.reason) IS DISTINCT FROM"
+                    "  (EXCLUDED.task, EXCLUDED.reason_code, EXCLUDED.reason)"},
 };
 
 xr_code registry_statements_prepare(registry *reg, xr_error *err)
@@ -452,6 +462,7 @@ typedef struct instance_txn {
     /* Predictions to record after the instance (may be none), as statement parameters. */
     struct prediction_params *preds;
     size_t n_preds;
+    const registry_classify_issue *issue; /* may be NULL */
 } instance_txn;
 
 /* One prediction as text parameters of STMT_PREDICTION. */
@@ -459,6 +470,8 @@ typedef struct prediction_params {
     char model_id[ID_BYTES];
     char *probabilities; /* "{0.1,0.9}", malloc'ed */
     const char *preprocessing;
+    char threshold_text[32];
+    const char *threshold; /* NULL or threshold_text */
 } prediction_params;
 
 static xr_code predictions_body(registry *reg, const char *sop_instance_uid,
@@ -467,9 +480,9 @@ static xr_code predictions_body(registry *reg, const char *sop_instance_uid,
     char study_id[ID_BYTES] = "";
     for (size_t i = 0; i < n_preds; i++) {
         const char *values[] = {sop_instance_uid, preds[i].model_id, preds[i].probabilities,
-                                preds[i].preprocessing};
+                                preds[i].preprocessing, preds[i].threshold};
         PGresult *res = NULL;
-        xr_code rc = registry_exec_prepared(reg, statements[STMT_PREDICTION].name, 4, values,
+        xr_code rc = registry_exec_prepared(reg, statements[STMT_PREDICTION].name, 5, values,
                                             &res, err);
         if (rc) {
             xr_error_prefix(err, "prediction of model %s: ", preds[i].model_id);
@@ -517,7 +530,15 @@ static xr_code instance_txn_body(registry *reg, void *ctx, xr_error *err)
                     t->instance_id, &t->inserted, err);
     if (rc)
         return rc;
-    return predictions_body(reg, inst->sop_instance_uid, t->preds, t->n_preds, err);
+    rc = predictions_body(reg, inst->sop_instance_uid, t->preds, t->n_preds, err);
+    if (rc || !t->issue)
+        return rc;
+    const char *issue[] = {t->instance_id, text_or_null(t->issue->task), t->issue->reason_code,
+                           t->issue->reason};
+    rc = registry_exec_prepared(reg, statements[STMT_ISSUE].name, 4, issue, NULL, err);
+    if (rc)
+        xr_error_prefix(err, "classification issue: ");
+    return rc;
 }
 
 static void prediction_params_free(prediction_params *p, size_t n)
@@ -572,6 +593,14 @@ static xr_code prediction_params_new(const registry_prediction *preds, size_t n,
         snprintf(text + len, cap - len, "}");
         snprintf(p[i].model_id, sizeof(p[i].model_id), "%" PRId64, r->model_id);
         p[i].preprocessing = text_or_null(r->preprocessing);
+        if (r->threshold != 0.0) {
+            if (!(r->threshold > 0.0 && r->threshold < 1.0)) /* also NaN */
+                return xr_error_set(err, XR_E_INPUT,
+                                    "prediction %zu: threshold %g must be in (0, 1)", i,
+                                    r->threshold);
+            snprintf(p[i].threshold_text, sizeof(p[i].threshold_text), "%.9g", r->threshold);
+            p[i].threshold = p[i].threshold_text;
+        }
     }
     return XR_OK;
 }
@@ -603,6 +632,15 @@ xr_code registry_instance_upsert_predictions(registry *reg, const registry_insta
                                              const registry_prediction *preds, size_t n_preds,
                                              const char *actor, bool *ret_inserted, xr_error *err)
 {
+    return registry_instance_upsert_classified(reg, inst, preds, n_preds, NULL, actor,
+                                               ret_inserted, err);
+}
+
+xr_code registry_instance_upsert_classified(registry *reg, const registry_instance *inst,
+                                            const registry_prediction *preds, size_t n_preds,
+                                            const registry_classify_issue *issue,
+                                            const char *actor, bool *ret_inserted, xr_error *err)
+{
     assert(reg && inst);
     if (!reg || !inst)
         return xr_error_set(err, XR_E_INTERNAL, "invalid argument to registry_instance_upsert");
@@ -630,10 +668,17 @@ xr_code registry_instance_upsert_predictions(registry *reg, const registry_insta
         xr_error_prefix(err, "cannot register instance \"%s\": ", inst->sop_instance_uid);
         return rc;
     }
+    if (issue && (!issue->reason_code || !*issue->reason_code || !issue->reason ||
+                  !*issue->reason)) {
+        prediction_params_free(pp, n_preds);
+        return xr_error_set(err, XR_E_INPUT, "cannot register instance \"%s\": a classification "
+                            "issue needs a reason code and a reason", inst->sop_instance_uid);
+    }
     instance_txn t = {
         .inst = inst,
         .preds = pp,
         .n_preds = n_preds,
+        .issue = issue,
         .patient = {str_or_empty(inst->patient_id), str_or_empty(inst->issuer_of_patient_id),
                     text_or_null(inst->patient_name),
                     date_or_null(inst->patient_birth_date, birth_date),

@@ -224,6 +224,9 @@ typedef struct registry_prediction {
     const float *probabilities;  /* one per model label, in label order, each in [0, 1] */
     size_t n_probabilities;
     const char *preprocessing;   /* fingerprint of the preprocessing, may be NULL */
+    /* implant/fracture: decide "positive" when its probability >= threshold, in (0, 1)
+     * (migration 0005); 0: the most probable class. Ignored for body_part. */
+    double threshold;
 } registry_prediction;
 
 /*
@@ -237,6 +240,26 @@ __attribute__((warn_unused_result)) xr_code
 registry_instance_upsert_predictions(registry *reg, const registry_instance *inst,
                                      const registry_prediction *preds, size_t n_preds,
                                      const char *actor, bool *ret_inserted, xr_error *err);
+
+/* Why an instance could not be (fully) classified (xreg.classification_issue, migration 0005). */
+typedef struct registry_classify_issue {
+    const char *task;        /* REGISTRY_TASK_* of the model that failed; NULL: none could run */
+    const char *reason_code; /* required, [a-z_]{1,32}: unsupported, limit, no_pixels,
+                              * decode_error, model_error */
+    const char *reason;      /* required, one line */
+} registry_classify_issue;
+
+/*
+ * registry_instance_upsert_predictions plus, when issue is not NULL, the instance's
+ * classification issue (upserted: the newest reason wins; audited), all in one transaction.
+ * XR_E_INPUT for an issue without reason code or reason, or a reason code the table refuses
+ * (SQLSTATE 23514).
+ */
+__attribute__((warn_unused_result)) xr_code
+registry_instance_upsert_classified(registry *reg, const registry_instance *inst,
+                                    const registry_prediction *preds, size_t n_preds,
+                                    const registry_classify_issue *issue, const char *actor,
+                                    bool *ret_inserted, xr_error *err);
 
 /*
  * Upsert predictions for an instance registered earlier and recompute its study summary, in

@@ -114,7 +114,7 @@ def test_eval_registry_errors(registry, xregd, db, workdir):
 
 
 def test_eval_registry_threshold_recorded(registry, xregd, db, workdir):
-    """When the registry records the threshold each prediction was labelled at (migration 0004
+    """When the registry records the threshold each prediction was labelled at (migration 0005
     on the classify branch adds xreg.prediction.threshold), eval uses it by default."""
     files, truth, _ = registry
     cfg = str(xregd.config_path)

@@ -3,12 +3,15 @@
  * (file:line:column, key path, what was expected).
  */
 #include <setjmp.h>
+#include <math.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -70,22 +73,119 @@ static void test_shipped_equals_defaults(void **state)
     config_free(a);
     config_free(b);
 
-    /* every schema key appears in the shipped file */
+    /* every schema key appears in the shipped file, at its full dotted path (block style, two
+     * spaces per level, as the file is written), with its default value */
     FILE *f = fopen(shipped_path, "r");
     assert_non_null(f);
-    char text[65536];
-    size_t n = fread(text, 1, sizeof(text) - 1, f);
-    text[n] = '\0';
+    char line[1024], stack[8][64], found[256][128];
+    size_t n_found = 0;
+    while (fgets(line, sizeof(line), f)) {
+        size_t indent = strspn(line, " ");
+        const char *k = line + indent;
+        const char *colon = strchr(k, ':');
+        if (*k == '#' || *k == '\n' || !colon || indent % 2 || indent / 2 >= 8)
+            continue;
+        size_t depth = indent / 2;
+        snprintf(stack[depth], sizeof(stack[depth]), "%.*s", (int)(colon - k), k);
+        char full[128] = "";
+        for (size_t d = 0; d <= depth; d++)
+            snprintf(full + strlen(full), sizeof(full) - strlen(full), "%s%s", d ? "." : "",
+                     stack[d]);
+        assert_true(n_found < 256);
+        snprintf(found[n_found++], sizeof(found[0]), "%s", full);
+    }
     fclose(f);
+    a = NULL;
+    b = load_ok("");
+    assert_int_equal(config_load(shipped_path, &a, &err), XR_OK);
     for (size_t i = 0; i < config_n_keys(); i++) {
         const char *path = config_key_path(i);
-        const char *leaf = strrchr(path, '.');
-        leaf = leaf ? leaf + 1 : path;
-        char needle[128];
-        snprintf(needle, sizeof(needle), "%s:", leaf);
-        if (!strstr(text, needle))
-            fail_msg("key \"%s\" is not documented in %s", path, shipped_path);
+        bool present = false;
+        for (size_t j = 0; j < n_found && !present; j++)
+            present = strcmp(found[j], path) == 0;
+        if (!present)
+            fail_msg("key \"%s\" is not in %s", path, shipped_path);
+        /* The shipped file names the demo models (default: off); they must exist. */
+        if (strncmp(path, "models.", 7) == 0 && strstr(path, ".path")) {
+            const char *const *v = NULL;
+            if (strcmp(path, "models.body_part.path") == 0)
+                v = (const char *const *)&a->models.body_part.path;
+            else if (strcmp(path, "models.implant.path") == 0)
+                v = (const char *const *)&a->models.implant.path;
+            else
+                v = (const char *const *)&a->models.fracture.path;
+            if ((*v)[0] && access(*v, R_OK) != 0)
+                fail_msg("%s names \"%s\", which is not readable", path, *v);
+            continue;
+        }
+        if (!config_key_equal(a, b, i))
+            fail_msg("key \"%s\" in %s differs from its default", path, shipped_path);
     }
+    config_free(a);
+    config_free(b);
+}
+
+static void test_models_and_batching(void **state)
+{
+    (void)state;
+    xregd_config *cfg = load_ok("");
+    assert_string_equal(cfg->models.body_part.path, "");
+    assert_string_equal(cfg->models.fracture.body_parts, "PELVIS,HIP");
+    assert_true(isnan(cfg->models.implant.threshold_value));
+    assert_int_equal(cfg->pipeline.batch_max, 8);
+    assert_int_equal(cfg->pipeline.batch_wait_ms, 20);
+    assert_int_equal(cfg->pipeline.threads_per_worker, 1);
+    config_free(cfg);
+
+    /* relative model paths are taken from the configuration file's folder */
+    const char *yaml = "models:\n  body_part: {path: ../models/bp.onnx}\n"
+                       "  implant: {path: /abs/im.onnx, threshold: \"0.3\"}\n"
+                       "  fracture: {path: fr.onnx, body_parts: \"*\"}\n"
+                       "pipeline: {batch_max: 256, batch_wait_ms: 0, threads_per_worker: 4}\n";
+    xr_error err = XR_ERROR_INIT;
+    assert_int_equal(config_load_buffer(yaml, strlen(yaml), "/etc/xreg/xregd.yaml", &cfg, &err),
+                     XR_OK);
+    assert_string_equal(cfg->models.body_part.path, "/etc/xreg/../models/bp.onnx");
+    assert_string_equal(cfg->models.implant.path, "/abs/im.onnx");
+    assert_string_equal(cfg->models.fracture.path, "/etc/xreg/fr.onnx");
+    assert_true(cfg->models.implant.threshold_value > 0.299 &&
+                cfg->models.implant.threshold_value < 0.301);
+    assert_true(isnan(cfg->models.fracture.threshold_value));
+    assert_int_equal(cfg->pipeline.batch_max, 256);
+    config_free(cfg);
+
+    load_fails("pipeline: {batch_max: 0}\n", XR_E_CONFIG,
+               "t.yaml:1:23: pipeline.batch_max: 0 is out of range (expected 1 to 256) (expected "
+               "an integer)");
+    load_fails("pipeline: {batch_max: 257}\n", XR_E_CONFIG,
+               "t.yaml:1:23: pipeline.batch_max: 257 is out of range (expected 1 to 256) "
+               "(expected an integer)");
+    load_fails("pipeline: {batch_wait_ms: 10001}\n", XR_E_CONFIG,
+               "t.yaml:1:27: pipeline.batch_wait_ms: 10001 is out of range (expected 0 to 10000) "
+               "(expected an integer)");
+    load_fails("pipeline: {threads_per_worker: 0}\n", XR_E_CONFIG,
+               "t.yaml:1:32: pipeline.threads_per_worker: 0 is out of range (expected 1 to 256) "
+               "(expected an integer)");
+    load_fails("models: {implant: {threshold: \"1\"}}\n", XR_E_CONFIG,
+               "t.yaml:1:31: models.implant.threshold: \"1\" is not a number between 0 and 1 "
+               "(expected a number between 0 and 1 (exclusive), or \"\" for the model's own "
+               "xreg.threshold)");
+    load_fails("models: {fracture: {threshold: abc}}\n", XR_E_CONFIG,
+               "t.yaml:1:32: models.fracture.threshold: \"abc\" is not a number between 0 and 1 "
+               "(expected a number between 0 and 1 (exclusive), or \"\" for the model's own "
+               "xreg.threshold)");
+    load_fails("models: {fracture: {body_parts: \"pelvis\"}}\n", XR_E_CONFIG,
+               "t.yaml:1:33: models.fracture.body_parts: \"pelvis\" is not a DICOM defined term "
+               "(upper-case letters, digits, space, underscore) (expected comma-separated DICOM "
+               "Body Part Examined terms (upper case, e.g. \"PELVIS,HIP\"), or \"*\" for every "
+               "body part)");
+    load_fails("models: {fracture: {body_parts: \"PELVIS,,HIP\"}}\n", XR_E_CONFIG,
+               "t.yaml:1:33: models.fracture.body_parts: a term of 0 characters in "
+               "\"PELVIS,,HIP\" (each must have 1 to 16) (expected comma-separated DICOM Body "
+               "Part Examined terms (upper case, e.g. \"PELVIS,HIP\"), or \"*\" for every body "
+               "part)");
+    load_fails("models: {colour: {path: x}}\n", XR_E_CONFIG,
+               "t.yaml:1:10: models.colour: unrecognized configuration key");
 }
 
 static void test_values_and_sizes(void **state)
@@ -253,6 +353,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_shipped_file),
         cmocka_unit_test(test_shipped_equals_defaults),
         cmocka_unit_test(test_values_and_sizes),
+        cmocka_unit_test(test_models_and_batching),
         cmocka_unit_test(test_limits),
         cmocka_unit_test(test_unknown_and_duplicate_keys),
         cmocka_unit_test(test_wrong_types),

@@ -2,6 +2,7 @@
  * Spool: commit, budget at the limit and one past it, rejection, recovery after a crash (partial
  * receptions dropped, unfinished commits dropped, waiting objects replayed in order), records.
  */
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -10,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -104,6 +106,97 @@ static void test_commit_budget_and_done(void **state)
     /* room again */
     make_tmp(sp, "d.part", 60 * 1024, path, sizeof(path));
     assert_int_equal(spool_commit(sp, path, 60 * 1024, &m, id3, &err), XR_OK);
+    sp = spool_close(sp);
+}
+
+typedef struct late_commit {
+    spool *sp;
+    int delay_ms;
+    int n;
+} late_commit;
+
+static void *commit_later(void *arg)
+{
+    late_commit *lc = arg;
+    for (int i = 0; i < lc->n; i++) {
+        usleep((useconds_t)lc->delay_ms * 1000);
+        char path[256], name[32], id[SPOOL_ID_BYTES];
+        snprintf(name, sizeof(name), "late%d.part", i);
+        make_tmp(lc->sp, name, 10, path, sizeof(path));
+        spool_meta m = meta_for("1.2.3.9");
+        xr_error err = XR_ERROR_INIT;
+        if (spool_commit(lc->sp, path, 10, &m, id, &err))
+            return NULL;
+    }
+    return NULL;
+}
+
+static void *shutdown_later(void *arg)
+{
+    usleep(50 * 1000);
+    spool_shutdown(arg);
+    return NULL;
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Batches: what is queued is taken at once up to max; a short batch waits wait_ms at most for
+ * more; a full one returns without waiting; shutdown ends the wait. */
+static void test_next_batch(void **state)
+{
+    (void)state;
+    char dir[128], path[256], id[SPOOL_ID_BYTES];
+    snprintf(dir, sizeof(dir), "%s/batch", root);
+    spool *sp;
+    xr_error err = XR_ERROR_INIT;
+    assert_int_equal(spool_open(dir, 1024 * 1024, &sp, &err), XR_OK);
+    char first[SPOOL_ID_BYTES] = "";
+    for (int i = 0; i < 5; i++) {
+        char name[32];
+        snprintf(name, sizeof(name), "q%d.part", i);
+        make_tmp(sp, name, 10, path, sizeof(path));
+        spool_meta m = meta_for("1.2.3.5");
+        assert_int_equal(spool_commit(sp, path, 10, &m, id, &err), XR_OK);
+        if (i == 0)
+            snprintf(first, sizeof(first), "%s", id);
+    }
+    spool_item items[8];
+    double t0 = now_s();
+    assert_int_equal(spool_next_batch(sp, items, 3, 5000), 3); /* full: no wait */
+    assert_true(now_s() - t0 < 1.0);
+    assert_string_equal(items[0].id, first); /* FIFO */
+    assert_int_equal(spool_next_batch(sp, items, 3, 0), 2);    /* wait 0: what is there */
+    for (int i = 0; i < 3; i++)
+        spool_done(sp, &items[i]);
+
+    /* one arrives now, two more 100 ms apart: a 3-batch fills before its 2 s wait ends */
+    late_commit lc = {.sp = sp, .delay_ms = 100, .n = 3};
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, commit_later, &lc), 0);
+    t0 = now_s();
+    assert_int_equal(spool_next_batch(sp, items, 3, 2000), 3);
+    double took = now_s() - t0;
+    pthread_join(th, NULL);
+    assert_true(took < 1.5);
+
+    /* a short batch returns after wait_ms with what it has */
+    lc.n = 1;
+    lc.delay_ms = 0;
+    commit_later(&lc);
+    t0 = now_s();
+    assert_int_equal(spool_next_batch(sp, items, 4, 150), 1);
+    took = now_s() - t0;
+    assert_true(took >= 0.14 && took < 1.5);
+
+    /* shutdown wakes a waiter: nothing taken */
+    assert_int_equal(pthread_create(&th, NULL, shutdown_later, sp), 0);
+    assert_int_equal(spool_next_batch(sp, items, 4, 150), 0);
+    pthread_join(th, NULL);
     sp = spool_close(sp);
 }
 
@@ -237,6 +330,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_commit_budget_and_done),
         cmocka_unit_test(test_reject_and_fail),
+        cmocka_unit_test(test_next_batch),
         cmocka_unit_test(test_recovery),
         cmocka_unit_test(test_meta_parse_errors),
     };
