@@ -41,7 +41,10 @@ __attribute__((format(printf, 4, 5))) xr_code fail(xr_error *err, xr_code code, 
     return code;
 }
 
-uint32_t le16(const unsigned char *p) { return (uint32_t)p[0] | (uint32_t)p[1] << 8; }
+uint32_t le16(const unsigned char *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8;
+}
 uint32_t le32(const unsigned char *p)
 {
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
@@ -60,9 +63,9 @@ bool long_vr(const unsigned char *vr)
 
 /* What the walk over the File Meta Information found. */
 struct Meta {
-    bool has_ts;        /* a readable Transfer Syntax UID (0002,0010) */
-    bool deflated;      /* ... naming the deflated transfer syntax */
-    off_t dataset_pos;  /* where the data set starts */
+    bool has_ts;       /* a readable Transfer Syntax UID (0002,0010) */
+    bool deflated;     /* ... naming the deflated transfer syntax */
+    off_t dataset_pos; /* where the data set starts */
 };
 
 /*

@@ -165,7 +165,7 @@ struct Object {
     Source src;
     DcmFileFormat ff;
     int memfd = -1;
-    int inflated_fd = -1;        /* a deflated data set, inflated (see inflate_data_set) */
+    int inflated_fd = -1; /* a deflated data set, inflated (see inflate_data_set) */
     DcmDataset *ds = nullptr;
     DcmElement *pixel = nullptr;
     Attrs a;

@@ -219,8 +219,8 @@ static int group_teardown(void **state)
 static void check_refused(xr_code rc, const xr_error *err, const char *name)
 {
     if (rc != XR_E_INPUT && rc != XR_E_LIMIT)
-        fail_msg("expected XR_E_INPUT or XR_E_LIMIT, got %s: %s (%s)", xr_code_name(rc),
-                 err->msg, err->detail);
+        fail_msg("expected XR_E_INPUT or XR_E_LIMIT, got %s: %s (%s)", xr_code_name(rc), err->msg,
+                 err->detail);
     if (name)
         assert_non_null(strstr(err->msg, name));
     /* says what is wrong: the data ends inside an element */
