@@ -6,9 +6,11 @@
  * element values longer than that (pixel data, large private blobs) are left on disk and never
  * loaded, so reading the header of a 500 MB multi-frame file costs a few seeks, while the
  * structure of the entire object (element lengths against the file size, item delimitation) is
- * still checked. That is why a file truncated inside its pixel data fails here already. (A
- * deflated object is the exception: its stream cannot seek, so DCMTK loads every value.)
- * Buffers are parsed the same way, through a memfd (see dicom_header_read_buffer).
+ * still checked. That is why a file truncated inside its pixel data fails here already. A
+ * deflated object is inflated first, into a memfd capped at XR_OBJECT_MAX_BYTES
+ * (inflate_data_set), and that is parsed the same way: DCMTK's own deflate stream cannot seek,
+ * so it would load every value and allocate whatever length an element claims. Buffers are
+ * parsed the same way, through a memfd (see dicom_header_read_buffer).
  *
  * Garbage is rejected in two layers. DCMTK fails on most non-DICOM input (an element that claims
  * more bytes than are left). Input that happens to parse (a valid meta header followed by text, a
@@ -39,7 +41,10 @@
 #include "dcmtk/dcmdata/dcerror.h"
 #include "dcmtk/dcmdata/dcfilefo.h"
 #include "dcmtk/dcmdata/dcmetinf.h"
+#include "dcmtk/dcmdata/dcuid.h"
 #include "dcmtk/dcmdata/dcxfer.h"
+
+#include "xr-limits.h"
 
 #include "dicom-internal.hpp"
 
@@ -302,7 +307,9 @@ void parse_failure(xr_error *err, const Source &src, const OFCondition &cond)
                     (unsigned)cond.code(), cond.text());
 }
 
-xr_code fill_header(DcmFileFormat &ff, const Source &src, dicom_header *ret, xr_error *err)
+/* ts: the transfer syntax when the meta header was not parsed (an inflated data set), else NULL */
+xr_code fill_header(DcmFileFormat &ff, const Source &src, const char *ts, dicom_header *ret,
+                    xr_error *err)
 {
     DcmDataset *ds = ff.getDataset();
     DcmMetaInfo *meta = ff.getMetaInfo();
@@ -335,7 +342,9 @@ xr_code fill_header(DcmFileFormat &ff, const Source &src, dicom_header *ret, xr_
     }
 
     /* Meta header transfer syntax; for a bare data set, the one DCMTK detected. */
-    if (meta) {
+    if (ts)
+        snprintf(h.transfer_syntax_uid, sizeof(h.transfer_syntax_uid), "%s", ts);
+    else if (meta) {
         rc = copy_string(*meta, DCM_TransferSyntaxUID, "TransferSyntaxUID", h.transfer_syntax_uid,
                          sizeof(h.transfer_syntax_uid), src, err);
         if (rc != XR_OK)
@@ -383,6 +392,56 @@ xr_code fill_header(DcmFileFormat &ff, const Source &src, dicom_header *ret, xr_
     return XR_OK;
 }
 
+/*
+ * What a deflated data set may inflate to: the largest object the daemon accepts at all
+ * (dicom.max_object_bytes is bounded by it), so any object a peer could have sent uncompressed
+ * still reads; inflating stops there, and a few KB claiming a 4 GB element no longer reach
+ * DCMTK's unbounded allocation (DCMTK then reads lengths against the inflated file's size).
+ */
+const uint64_t HEADER_INFLATE_MAX_BYTES = XR_OBJECT_MAX_BYTES;
+
+/* Closes the inflated memfd on every way out, exceptions included. */
+struct FdGuard {
+    int fd = -1;
+    ~FdGuard()
+    {
+        if (fd >= 0)
+            close(fd);
+    }
+};
+
+/*
+ * Parse the object readable at fd, which DCMTK opens by path (the file itself, or
+ * /proc/self/fd/N for a memfd), and fill ret.
+ */
+xr_code read_object(int fd, const char *path, const Source &src, dicom_header *ret, xr_error *err)
+{
+    FdGuard inflated;
+    xr_code rc = inflate_data_set(fd, HEADER_INFLATE_MAX_BYTES, src.path, &inflated.fd, err);
+    if (rc != XR_OK)
+        return rc;
+    DcmFileFormat ff;
+    OFCondition cond;
+    if (inflated.fd >= 0) {
+        char proc[64];
+        snprintf(proc, sizeof(proc), "/proc/self/fd/%d", inflated.fd);
+        cond = ff.loadFile(OFFilename(proc), EXS_LittleEndianExplicit, EGL_noChange,
+                           DCM_MaxReadLength, ERM_dataset);
+    } else {
+        cond = ff.loadFile(OFFilename(path), EXS_Unknown, EGL_noChange, DCM_MaxReadLength,
+                           ERM_autoDetect);
+    }
+    if (cond.bad()) {
+        parse_failure(err, src, cond);
+        return XR_E_INPUT;
+    }
+    /* before inflated closes: values longer than DCM_MaxReadLength load from the file */
+    return fill_header(ff, src,
+                       inflated.fd >= 0 ? UID_DeflatedExplicitVRLittleEndianTransferSyntax
+                                        : nullptr,
+                       ret, err);
+}
+
 } // namespace
 
 xr_code dicom_header_read(const char *path, dicom_header *ret, xr_error *err) noexcept
@@ -395,29 +454,20 @@ xr_code dicom_header_read(const char *path, dicom_header *ret, xr_error *err) no
     const Source src = {path};
 
     /* Our own open first: errno for the caller, and a clear word for directories/empty files. */
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
+    FdGuard file;
+    file.fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (file.fd < 0)
         return xr_error_errno(err, errno, "could not open \"%s\"", path);
     struct stat st;
-    int serr = fstat(fd, &st) == 0 ? 0 : errno;
-    close(fd);
-    if (serr)
-        return xr_error_errno(err, serr, "could not stat \"%s\"", path);
+    if (fstat(file.fd, &st) != 0)
+        return xr_error_errno(err, errno, "could not stat \"%s\"", path);
     if (S_ISDIR(st.st_mode))
         return xr_error_errno(err, EISDIR, "could not read \"%s\"", path);
     if (!S_ISREG(st.st_mode)) /* a FIFO or /dev/zero would never end */
         return fail(err, XR_E_INPUT, src, "not a regular file");
     if (st.st_size == 0)
         return fail(err, XR_E_INPUT, src, "not a DICOM file: the file is empty");
-
-    DcmFileFormat ff;
-    OFCondition cond =
-        ff.loadFile(OFFilename(path), EXS_Unknown, EGL_noChange, DCM_MaxReadLength, ERM_autoDetect);
-    if (cond.bad()) {
-        parse_failure(err, src, cond);
-        return XR_E_INPUT;
-    }
-    return fill_header(ff, src, ret, err);
+    return read_object(file.fd, path, src, ret, err);
     DICOM_API_END(err)
 }
 
@@ -442,35 +492,23 @@ xr_code dicom_header_read_buffer(const void *data, size_t n, dicom_header *ret,
      * (4 GB for 4 KB of garbage) before finding that the bytes are not there. A file stream
      * checks the length against the bytes left first.
      */
-    int fd = memfd_create("dicom-header", MFD_CLOEXEC);
-    if (fd < 0)
+    FdGuard mem; /* closed after read_object: values longer than DCM_MaxReadLength load from it */
+    mem.fd = memfd_create("dicom-header", MFD_CLOEXEC);
+    if (mem.fd < 0)
         return xr_error_errno(err, errno, "could not create a memory file");
     const char *p = static_cast<const char *>(data);
     size_t done = 0;
     while (done < n) {
-        ssize_t w = write(fd, p + done, n - done);
+        ssize_t w = write(mem.fd, p + done, n - done);
         if (w < 0) {
             if (errno == EINTR)
                 continue;
-            int e = errno;
-            close(fd);
-            return xr_error_errno(err, e, "could not fill a memory file");
+            return xr_error_errno(err, errno, "could not fill a memory file");
         }
         done += (size_t)w;
     }
     char path[64];
-    snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
-    DcmFileFormat ff;
-    OFCondition cond =
-        ff.loadFile(OFFilename(path), EXS_Unknown, EGL_noChange, DCM_MaxReadLength, ERM_autoDetect);
-    xr_code rc;
-    if (cond.bad()) {
-        parse_failure(err, src, cond);
-        rc = XR_E_INPUT;
-    } else {
-        rc = fill_header(ff, src, ret, err);
-    }
-    close(fd); /* after fill_header: values longer than DCM_MaxReadLength load from the file */
-    return rc;
+    snprintf(path, sizeof(path), "/proc/self/fd/%d", mem.fd);
+    return read_object(mem.fd, path, src, ret, err);
     DICOM_API_END(err)
 }

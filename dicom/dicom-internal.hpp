@@ -5,6 +5,8 @@
  */
 #pragma once
 
+#include <stdint.h>
+
 #include <exception>
 #include <new>
 
@@ -78,5 +80,22 @@ namespace xrdicom
  */
 xr_code j2k_decode_frame(const uint8_t *data, size_t n, uint32_t rows, uint32_t columns,
                          uint16_t samples, int32_t *out, xr_error *err);
+
+} // namespace xrdicom
+
+namespace xrdicom
+{
+
+/*
+ * dicom-deflate.cpp: when the Part-10 object readable at fd names the deflated transfer syntax
+ * (1.2.840.10008.1.2.1.99) in its meta header, inflate its data set into a memfd, refusing once
+ * it passes cap bytes (XR_E_LIMIT), and return that memfd in *ret_fd (the caller closes it and
+ * has DCMTK read it as an explicit VR little endian data set, ERM_dataset, from a file so
+ * element lengths are checked against what is there). *ret_fd is -1 for any other object, and
+ * for input without a meta header. A corrupt or truncated stream is not an error here: what
+ * inflated is returned and DCMTK reports the truncation. path names the input in messages
+ * (NULL for buffers).
+ */
+xr_code inflate_data_set(int fd, uint64_t cap, const char *path, int *ret_fd, xr_error *err);
 
 } // namespace xrdicom

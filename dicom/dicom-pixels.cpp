@@ -29,7 +29,6 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include <zlib.h>
 
 #include <algorithm>
 #include <memory>
@@ -166,7 +165,7 @@ struct Object {
     Source src;
     DcmFileFormat ff;
     int memfd = -1;
-    int inflated_fd = -1;        /* a deflated data set, inflated (see check_deflate) */
+    int inflated_fd = -1; /* a deflated data set, inflated (see inflate_data_set) */
     DcmDataset *ds = nullptr;
     DcmElement *pixel = nullptr;
     Attrs a;
@@ -178,79 +177,6 @@ struct Object {
             close(inflated_fd);
     }
 };
-
-/*
- * DCMTK reads a deflated data set from a stream that cannot seek: it loads every value, and
- * allocates whatever length an element claims (4 GB for a few bytes of input) before it finds
- * the bytes missing; a few MB of zeros can also inflate to many GB. So inflate it here, into a
- * memfd, refusing past cap; the caller then lets DCMTK read that as the explicit VR little
- * endian data set it is, from a file, where lengths are checked against the file size and long
- * values stay on disk. *ret_fd is that memfd, or -1 when the object is not deflated. Part-10
- * files only (the meta header, which names the transfer syntax, is required).
- */
-xr_code check_deflate(int fd, uint64_t cap, const Source &src, int *ret_fd, xr_error *err)
-{
-    *ret_fd = -1;
-    unsigned char head[4096];
-    ssize_t n = pread(fd, head, sizeof(head), 0);
-    if (n < 144 || memcmp(head + 128, "DICM", 4) != 0)
-        return XR_OK; /* no meta header: DCMTK cannot read it as deflated either */
-    static const char deflated[] = "1.2.840.10008.1.2.1.99";
-    if (!memmem(head + 132, (size_t)n - 132, deflated, sizeof(deflated) - 1))
-        return XR_OK;
-    /* (0002,0000) UL 4 <group length>: the data set starts right after the group. */
-    if (memcmp(head + 132, "\x02\x00\x00\x00UL\x04\x00", 8) != 0)
-        return fail(err, XR_E_INPUT, src,
-                    "deflated object without File Meta Information Group Length (0002,0000)");
-    uint32_t gl = (uint32_t)head[140] | (uint32_t)head[141] << 8 | (uint32_t)head[142] << 16 |
-                  (uint32_t)head[143] << 24;
-    off_t pos = (off_t)144 + gl;
-    int mfd = memfd_create("dicom-inflated", MFD_CLOEXEC);
-    if (mfd < 0)
-        return xr_error_errno(err, errno, "could not create a memory file");
-    z_stream z;
-    memset(&z, 0, sizeof(z));
-    if (inflateInit2(&z, -MAX_WBITS) != Z_OK) {
-        close(mfd);
-        return xr_error_set(err, XR_E_NOMEM, "out of memory");
-    }
-    int werr = 0;
-    std::vector<unsigned char> in(64 * 1024), out(256 * 1024);
-    uint64_t total = 0;
-    int zr = Z_OK;
-    while (zr != Z_STREAM_END) {
-        ssize_t k = pread(fd, in.data(), in.size(), pos);
-        if (k <= 0)
-            break; /* truncated: DCMTK will say so */
-        pos += k;
-        z.next_in = in.data();
-        z.avail_in = (uInt)k;
-        do {
-            z.next_out = out.data();
-            z.avail_out = (uInt)out.size();
-            zr = inflate(&z, Z_NO_FLUSH);
-            size_t got = out.size() - z.avail_out;
-            total += got;
-            if (total <= cap && got > 0 && write(mfd, out.data(), got) != (ssize_t)got)
-                werr = errno ? errno : EIO;
-        } while (zr == Z_OK && z.avail_out == 0 && total <= cap && !werr);
-        if ((zr != Z_OK && zr != Z_STREAM_END && zr != Z_BUF_ERROR) || total > cap || werr)
-            break; /* a corrupt stream ends here: DCMTK reports the truncation */
-    }
-    inflateEnd(&z);
-    if (total > cap) {
-        close(mfd);
-        return fail(err, XR_E_LIMIT, src,
-                    "the deflated data set inflates to more than %llu bytes, the limit",
-                    (unsigned long long)cap);
-    }
-    if (werr) {
-        close(mfd);
-        return xr_error_errno(err, werr, "could not fill a memory file");
-    }
-    *ret_fd = mfd;
-    return XR_OK;
-}
 
 /* Parse the object: the inflated data set when there is one, else the file at path. */
 xr_code parse(Object &o, const char *path, xr_error *err)
@@ -298,7 +224,7 @@ xr_code load_file(Object &o, const char *path, const dicom_pixel_limits *lim, xr
     fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return xr_error_errno(err, errno, "could not open \"%s\"", path);
-    xr_code rc = check_deflate(fd, deflate_cap(lim), o.src, &o.inflated_fd, err);
+    xr_code rc = inflate_data_set(fd, deflate_cap(lim), o.src.path, &o.inflated_fd, err);
     close(fd);
     if (rc)
         return rc;
@@ -326,7 +252,7 @@ xr_code load_buffer(Object &o, const void *data, size_t n, const dicom_pixel_lim
         }
         done += (size_t)w;
     }
-    xr_code rc = check_deflate(o.memfd, deflate_cap(lim), o.src, &o.inflated_fd, err);
+    xr_code rc = inflate_data_set(o.memfd, deflate_cap(lim), o.src.path, &o.inflated_fd, err);
     if (rc)
         return rc;
     char path[64];

@@ -95,3 +95,65 @@ def test_object_over_max_object_bytes_gets_a700(make_xregd, db, workdir):
     wait_registered(db, [small.sop_instance_uid], 60, d)
     assert big.sop_instance_uid not in db.instance_uids()
     assert echoscu(d.port).returncode == 0
+
+
+def _deflate(data: bytes) -> bytes:
+    """Raw deflate (no zlib header), padded to even length, as PS3.5 A.5 requires for
+    1.2.840.10008.1.2.1.99 (P-DATA fragments must be even)."""
+    import zlib
+
+    c = zlib.compressobj(9, zlib.DEFLATED, -15)
+    out = c.compress(data) + c.flush()
+    return out + b"\0" * (len(out) & 1)
+
+
+def _cap_address_space(pid: int, headroom: int) -> tuple[int, int]:
+    """Cap pid's address space at its current size + headroom; returns the old limit."""
+    import resource
+
+    with open(f"/proc/{pid}/status") as f:
+        vm_kb = next(int(line.split()[1]) for line in f if line.startswith("VmSize:"))
+    old = resource.prlimit(pid, resource.RLIMIT_AS)
+    soft = vm_kb * 1024 + headroom
+    if old[1] != resource.RLIM_INFINITY:
+        soft = min(soft, old[1])
+    resource.prlimit(pid, resource.RLIMIT_AS, (soft, old[1]))
+    return old
+
+
+def test_deflated_data_set_claiming_4_gb_gets_c000(xregd, db):
+    """~400 bytes of deflated data set whose Pixel Data claims 0xFFFFFFF0 bytes: DCMTK's deflate
+    stream would allocate all of it. xregd runs with its address space capped 512 MiB above its
+    size, so such an allocation would fail (a different reason, or a crash) instead of passing."""
+    import resource
+
+    ds = dicomgen.make_dataset("CR")
+    plain = dicomgen.dataset_bytes(ds, TS.EXPLICIT_LE)
+    # drop the real Pixel Data and claim 4 GB with 16 bytes present
+    pos = plain.find(b"\xe0\x7f\x10\x00")
+    assert pos > 0, "make_dataset gave no Pixel Data"
+    plain = plain[:pos] + b"\xe0\x7f\x10\x00OW\x00\x00" + (0xFFFFFFF0).to_bytes(4, "little") + bytes(16)
+    payload = _deflate(plain)
+    assert len(payload) < 2048
+
+    old = _cap_address_space(xregd.proc.pid, 512 << 20)
+    try:
+        r = send_raw(xregd, SOP["CR"], ds.SOPInstanceUID, payload, TS.DEFLATED_LE)
+        assert r.status == 0xC000, f"deflated 4 GB claim: {r}"
+        check_rejection(xregd, db, status=0xC000, sop_class=SOP["CR"], sop_instance=ds.SOPInstanceUID,
+                        payload=payload)
+        reason = db.query("SELECT reason FROM xreg.rejection")[0][0]
+        assert "ends inside an element" in reason, f"reason {reason!r}"
+        assert echoscu(xregd.port).returncode == 0
+    finally:
+        resource.prlimit(xregd.proc.pid, resource.RLIMIT_AS, old)
+
+
+def test_normal_deflated_data_set_is_registered(xregd, db):
+    """The same path with an honest deflated data set (sent as bytes, so xregd inflates it)."""
+    ds = dicomgen.make_dataset("CR")
+    payload = _deflate(dicomgen.dataset_bytes(ds, TS.EXPLICIT_LE))
+    r = send_raw(xregd, SOP["CR"], ds.SOPInstanceUID, payload, TS.DEFLATED_LE)
+    assert r.status == 0x0000, f"deflated data set: {r}"
+    wait_registered(db, [ds.SOPInstanceUID], 60, xregd)
+    assert db.count("xreg.rejection") == 0
