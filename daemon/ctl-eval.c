@@ -30,6 +30,7 @@
  * compare writes compare.json, compare.txt, roc.png (all models, binary) and one subfolder per
  * model with its eval outputs.
  */
+#include "xr-json.h"
 #include "ctl-eval.h"
 
 #include <dirent.h>
@@ -95,24 +96,6 @@ static void help(void)
 /* ------------------------------------------------------------------------------------------
  * Small helpers
  */
-static void json_str(FILE *f, const char *s)
-{
-    if (!s) {
-        fputs("null", f);
-        return;
-    }
-    fputc('"', f);
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        if (*p == '"' || *p == '\\')
-            fprintf(f, "\\%c", *p);
-        else if (*p < 0x20)
-            fprintf(f, "\\u%04x", *p);
-        else
-            fputc(*p, f);
-    }
-    fputc('"', f);
-}
-
 static void json_num(FILE *f, double v, bool defined)
 {
     if (defined && isfinite(v))
@@ -1043,23 +1026,23 @@ static void write_metrics_json(FILE *f, const candidate *c, const eval_result *r
     char b[64];
     (void)b;
     fprintf(f, "{\n  \"model\": {\"name\": ");
-    json_str(f, c->name);
+    xr_json_write_str(f, c->name);
     fprintf(f, ", \"version\": ");
-    json_str(f, c->version);
+    xr_json_write_str(f, c->version);
     fprintf(f, ", \"sha256\": ");
-    json_str(f, c->sha256);
+    xr_json_write_str(f, c->sha256);
     fprintf(f, ", \"task\": ");
-    json_str(f, c->task);
+    xr_json_write_str(f, c->task);
     fprintf(f, ", \"placeholder\": ");
-    json_str(f, c->placeholder);
+    xr_json_write_str(f, c->placeholder);
     fprintf(f, ", \"candidate\": ");
-    json_str(f, c->spec);
+    xr_json_write_str(f, c->spec);
     fprintf(f, "},\n  \"ground_truth\": ");
-    json_str(f, t->source);
+    xr_json_write_str(f, t->source);
     fprintf(f, ",\n  \"labels\": [");
     for (size_t i = 0; i < c->n_labels; i++) {
         fprintf(f, "%s", i ? ", " : "");
-        json_str(f, c->labels[i]);
+        xr_json_write_str(f, c->labels[i]);
     }
     fprintf(f, "],\n  \"n\": %zu, \"n_truth_rows\": %zu, \"n_without_prediction\": %zu, "
             "\"n_unreadable\": %zu, \"n_skipped\": %zu,\n",
@@ -1080,7 +1063,7 @@ static void write_metrics_json(FILE *f, const candidate *c, const eval_result *r
     for (size_t i = 0; i < c->n_labels; i++) {
         const eval_class *ec = &r->classes[i];
         fprintf(f, "%s\n    ", i ? "," : "");
-        json_str(f, c->labels[i]);
+        xr_json_write_str(f, c->labels[i]);
         fprintf(f, ": {\"support\": %zu, \"predicted\": %zu, \"precision\": ", ec->support,
                 ec->predicted);
         json_num(f, ec->precision, ec->precision_defined);
@@ -1128,7 +1111,7 @@ static void write_metrics_json(FILE *f, const candidate *c, const eval_result *r
     fprintf(f, "]}");
     if (r->binary) {
         fprintf(f, ",\n  \"binary\": {\"positive_label\": ");
-        json_str(f, c->labels[c->positive]);
+        xr_json_write_str(f, c->labels[c->positive]);
         fprintf(f, ", \"auc\": ");
         json_num(f, r->auc.value, r->auc.defined);
         fprintf(f, ", \"auc_ci95\": [");
@@ -1675,22 +1658,22 @@ int ctl_eval_main(const char *config_path, int argc, char **argv)
         if (!f)
             continue;
         fprintf(f, "{\"ground_truth\": ");
-        json_str(f, t.source);
+        xr_json_write_str(f, t.source);
         fprintf(f, ", \"n\": %zu, \"n_truth_rows\": %zu, \"ranking_rule\": \"log_loss "
                 "ascending, then %s descending, then name\", \"models\": [", n_used, t.n,
                 binary ? "auc" : "cohen_kappa");
         for (size_t i = 0; i < n_cand; i++) {
             const candidate *c = rank[i];
             fprintf(f, "%s\n  {\"rank\": %zu, \"name\": ", i ? "," : "", i + 1);
-            json_str(f, c->name);
+            xr_json_write_str(f, c->name);
             fprintf(f, ", \"version\": ");
-            json_str(f, c->version);
+            xr_json_write_str(f, c->version);
             fprintf(f, ", \"sha256\": ");
-            json_str(f, c->sha256);
+            xr_json_write_str(f, c->sha256);
             fprintf(f, ", \"candidate\": ");
-            json_str(f, c->spec);
+            xr_json_write_str(f, c->spec);
             fprintf(f, ", \"placeholder\": ");
-            json_str(f, c->placeholder);
+            xr_json_write_str(f, c->placeholder);
             fprintf(f, ", \"log_loss\": ");
             json_num(f, c->res->log_loss, true);
             fprintf(f, ", \"accuracy\": ");

@@ -29,6 +29,7 @@
  * Progress: when stderr is a terminal (and not -q), one line updated 5 times a second with
  * files done / total, rate and time left; nothing otherwise.
  */
+#include "xr-json.h"
 #include "ctl-meanstd.h"
 
 #include <dirent.h>
@@ -343,20 +344,6 @@ static void *worker(void *arg)
 }
 
 /* ---- output ---------------------------------------------------------------------------------- */
-static void json_str(FILE *f, const char *s)
-{
-    fputc('"', f);
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        if (*p == '"' || *p == '\\')
-            fprintf(f, "\\%c", *p);
-        else if (*p < 0x20)
-            fprintf(f, "\\u%04x", *p);
-        else
-            fputc(*p, f);
-    }
-    fputc('"', f);
-}
-
 static void progress(ms_ctx *c, int64_t t0, bool final)
 {
     size_t done = atomic_load(&c->done);
@@ -653,9 +640,9 @@ int ctl_mean_std(int argc, char **argv)
             if (c.res[i].state != FILE_UNREADABLE)
                 continue;
             printf("%s\n  {\"path\": ", first ? "" : ",");
-            json_str(stdout, c.paths[i]);
+            xr_json_write_str(stdout, c.paths[i]);
             printf(", \"error\": ");
-            json_str(stdout, c.res[i].why ? c.res[i].why : "");
+            xr_json_write_str(stdout, c.res[i].why ? c.res[i].why : "");
             printf("}");
             first = false;
         }
@@ -665,7 +652,7 @@ int ctl_mean_std(int argc, char **argv)
             if (c.res[i].state != FILE_SKIPPED)
                 continue;
             printf("%s", first ? "" : ", ");
-            json_str(stdout, c.paths[i]);
+            xr_json_write_str(stdout, c.paths[i]);
             first = false;
         }
         printf("]}\n");

@@ -5,6 +5,7 @@
  * do (all problems listed, not just the first), including a warm-up run. Exit status 1 when the
  * daemon would refuse the model.
  */
+#include "xr-json.h"
 #include "ctl-model.h"
 
 #include <getopt.h>
@@ -48,24 +49,6 @@ static void add_problem(void *ud, const char *key, const char *msg)
     pl->msg[pl->n] = strdup(msg);
     if (pl->key[pl->n] && pl->msg[pl->n])
         pl->n++;
-}
-
-static void json_str(FILE *f, const char *s)
-{
-    if (!s) {
-        fputs("null", f);
-        return;
-    }
-    fputc('"', f);
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        if (*p == '"' || *p == '\\')
-            fprintf(f, "\\%c", *p);
-        else if (*p < 0x20)
-            fprintf(f, "\\u%04x", *p);
-        else
-            fputc(*p, f);
-    }
-    fputc('"', f);
 }
 
 static const char *const known_keys[] = {
@@ -157,28 +140,28 @@ int ctl_model_info(int argc, char **argv)
 
     if (json) {
         printf("{\"path\": ");
-        json_str(stdout, path);
+        xr_json_write_str(stdout, path);
         printf(", \"sha256\": \"%s\", \"bytes\": %lld, \"valid\": %s", sha, bytes,
                pl.n ? "false" : "true");
         printf(", \"placeholder\": ");
-        json_str(stdout, placeholder);
+        xr_json_write_str(stdout, placeholder);
         printf(", \"metadata\": {");
         for (size_t i = 0; i < nn_model_n_metadata(m); i++) {
             const char *k, *v;
             nn_model_metadata(m, i, &k, &v);
             printf("%s", i ? ", " : "");
-            json_str(stdout, k);
+            xr_json_write_str(stdout, k);
             printf(": ");
-            json_str(stdout, v);
+            xr_json_write_str(stdout, v);
         }
         printf("}, \"labels\": [");
         const char *l = labels;
         for (size_t i = 0; i < n_labels; i++, l += strlen(l) + 1) {
             printf("%s{\"index\": %zu, \"label\": ", i ? ", " : "", i);
-            json_str(stdout, l);
+            xr_json_write_str(stdout, l);
             if (body) {
                 printf(", \"dicom_body_part\": ");
-                json_str(stdout, classifier_body_part_term(l));
+                xr_json_write_str(stdout, classifier_body_part_term(l));
             }
             printf("}");
         }
@@ -190,15 +173,15 @@ int ctl_model_info(int argc, char **argv)
         if (metrics_ok)
             fputs(metrics, stdout);
         else
-            json_str(stdout, metrics);
+            xr_json_write_str(stdout, metrics);
         printf(", \"parameters\": %llu, \"opset\": %lld", (unsigned long long)stats.n_parameters,
                (long long)stats.opset);
         printf(", \"problems\": [");
         for (size_t i = 0; i < pl.n; i++) {
             printf("%s{\"key\": ", i ? ", " : "");
-            json_str(stdout, pl.key[i]);
+            xr_json_write_str(stdout, pl.key[i]);
             printf(", \"message\": ");
-            json_str(stdout, pl.msg[i]);
+            xr_json_write_str(stdout, pl.msg[i]);
             printf("}");
         }
         printf("]}\n");

@@ -7,6 +7,7 @@
  * for label, a reader for studies and export-dataset, an owner or auditor for audit verify).
  * Changes are tagged with the actor "cli:<OS user>".
  */
+#include "xr-json.h"
 #include "ctl-registry.h"
 
 #include <dirent.h>
@@ -133,36 +134,6 @@ static void csv_field(FILE *f, const char *v)
     fputc('"', f);
 }
 
-static void json_string(FILE *f, const char *v)
-{
-    fputc('"', f);
-    for (const unsigned char *p = (const unsigned char *)v; *p; p++) {
-        switch (*p) {
-        case '"':
-            fputs("\\\"", f);
-            break;
-        case '\\':
-            fputs("\\\\", f);
-            break;
-        case '\n':
-            fputs("\\n", f);
-            break;
-        case '\r':
-            fputs("\\r", f);
-            break;
-        case '\t':
-            fputs("\\t", f);
-            break;
-        default:
-            if (*p < 0x20)
-                fprintf(f, "\\u%04x", *p);
-            else
-                fputc(*p, f);
-        }
-    }
-    fputc('"', f);
-}
-
 static void json_value(FILE *f, registry_kind kind, const char *v)
 {
     if (!v) {
@@ -187,7 +158,7 @@ static void json_value(FILE *f, registry_kind kind, const char *v)
     case REGISTRY_KIND_MAX:
         break;
     }
-    json_string(f, v);
+    xr_json_write_str(f, v);
 }
 
 static const char *table_text(registry_kind kind, const char *v)
@@ -226,7 +197,7 @@ static void print_rows(FILE *f, const registry_rows *rows, out_format fmt)
             for (size_t c = 0; c < n_cols; c++) {
                 if (c)
                     fputs(", ", f);
-                json_string(f, registry_rows_name(rows, c));
+                xr_json_write_str(f, registry_rows_name(rows, c));
                 fputs(": ", f);
                 json_value(f, registry_rows_kind(rows, c), registry_rows_value(rows, r, c));
             }

@@ -33,6 +33,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "xr-json.h"
 #include "config.h"
 #include "dicom.h"
 #include "log.h"
@@ -367,21 +368,6 @@ static bool ready_check(void *userdata, char *why, size_t n)
     return true;
 }
 
-static void json_string(FILE *f, const char *s)
-{
-    fputc('"', f);
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\')
-            fprintf(f, "\\%c", c);
-        else if (c < 0x20)
-            fprintf(f, "\\u%04x", c);
-        else
-            fputc(c, f);
-    }
-    fputc('"', f);
-}
-
 /* The one-screen status, as text or JSON (malloc'ed). */
 static char *status_render(daemon_ctx *ctx, bool json)
 {
@@ -405,9 +391,9 @@ static char *status_render(daemon_ctx *ctx, bool json)
         fprintf(f, "{\"version\":\"%s\",\"pid\":%ld,\"uptime_s\":%" PRId64 ",\"ready\":%s,",
                 XREG_VERSION, (long)getpid(), uptime_s, ready ? "true" : "false");
         fprintf(f, "\"not_ready_reason\":");
-        json_string(f, why);
+        xr_json_write_str(f, why);
         fprintf(f, ",\"dicom\":{\"ae_title\":");
-        json_string(f, c->dicom.ae_title);
+        xr_json_write_str(f, c->dicom.ae_title);
         fprintf(f, ",\"port\":%" PRId64 ",\"associations_active\":%u},", c->dicom.port,
                 ctx->scp ? dicom_scp_active(ctx->scp) : 0);
         fprintf(f,
@@ -416,7 +402,7 @@ static char *status_render(daemon_ctx *ctx, bool json)
                 atomic_load(&ctx->n_stored), atomic_load(&ctx->n_rejected),
                 atomic_load(&ctx->n_refused), st.n_registered, st.n_set_aside);
         fprintf(f, "\"spool\":{\"dir\":");
-        json_string(f, spool_dir(ctx->sp));
+        xr_json_write_str(f, spool_dir(ctx->sp));
         fprintf(f,
                 ",\"objects\":%zu,\"bytes\":%" PRIu64 ",\"max_bytes\":%" PRId64
                 ",\"oldest_age_s\":%.1f},",
@@ -436,25 +422,25 @@ static char *status_render(daemon_ctx *ctx, bool json)
             fprintf(f, "%s{\"task\":\"%s\",\"name\":", first ? "" : ",",
                     classifier_task_name(mm->task));
             first = false;
-            json_string(f, mm->name);
+            xr_json_write_str(f, mm->name);
             fprintf(f, ",\"version\":");
-            json_string(f, mm->version);
+            xr_json_write_str(f, mm->version);
             fprintf(f, ",\"sha256\":\"%s\",\"path\":", mm->sha256);
-            json_string(f, sl->path);
+            xr_json_write_str(f, sl->path);
             fprintf(f, ",\"placeholder\":%s,\"placeholder_reason\":",
                     mm->placeholder ? "true" : "false");
-            json_string(f, mm->placeholder ? mm->placeholder : "");
+            xr_json_write_str(f, mm->placeholder ? mm->placeholder : "");
             if (mm->task != CLASSIFIER_TASK_BODY_PART)
                 fprintf(f, ",\"threshold\":%.6g", sl->threshold);
             fprintf(f, ",\"generation\":%" PRIu64 "}", ms->generation);
         }
         ms = model_set_unref(ms);
         fprintf(f, "],\"last_error\":");
-        json_string(f, st.last_error);
+        xr_json_write_str(f, st.last_error);
         fprintf(f, ",\"last_error_at_us\":%" PRId64 ",\"recent_problems\":[", st.last_error_at_us);
         for (size_t i = 0; i < n_recent; i++) {
             fprintf(f, i ? "," : "");
-            json_string(f, recent[i]);
+            xr_json_write_str(f, recent[i]);
         }
         fprintf(f, "]}\n");
     } else {
