@@ -8,8 +8,9 @@
  * by its reference kernel and becomes a constant (this folds the Shape/Gather/Unsqueeze/Concat
  * chains exporters emit) -> dead nodes dropped -> rewrites (nn-opt.c) -> oneDNN primitives for
  * the remaining steps, weights reordered once -> memory plan by liveness (nn-exec.c).
- * A batch-dynamic model is compiled for one sample and run once per sample; the loader checks
- * that shapes at batch 2 are those at batch 1 with dimension 0 doubled, so samples never mix.
+ * A batch-dynamic model with max_batch B > 1 is compiled twice, for batch 1 and for batch B
+ * (sharing reordered weights); the loader checks that shapes at batch B are those at batch 1
+ * with one axis scaled by B and that no step mixes samples, so a run may pad or split.
  */
 #pragma once
 
@@ -42,6 +43,10 @@
 #define NN_MAX_NODE_IO 1024
 /* Largest batch a caller may ask to plan for. */
 #define NN_MAX_BATCH 1024
+/* A run of n < B samples uses the batch-B plan, zero-padded, when n/B >= NUM/DEN, else n
+ * batch-1 runs (measured: see docs/nn.md "Batch"). */
+#define NN_PAD_NUM 1
+#define NN_PAD_DEN 2
 #define NN_ALIGN 64
 
 typedef struct nn_graph nn_graph;
@@ -91,7 +96,8 @@ typedef struct nn_attrs {
 } nn_attrs;
 
 /* A oneDNN argument bound at session creation: value >= 0 points into the arena (or at a
- * constant), value == -1 is the model-owned memory in mem (reordered weights, bias). */
+ * constant), value == -1 is the model-owned memory in mem (reordered weights, bias), -2 the
+ * session's scratchpad, -3 memory borrowed from another plan's node (not freed here). */
 typedef struct nn_dnnl_arg {
     int arg;
     int value;
@@ -161,6 +167,7 @@ struct nn_graph {
     int64_t batch;              /* batch the shapes were inferred for */
     dnnl_engine_t engine;       /* borrowed from the model */
     dnnl_stream_t stream;       /* load-time stream for weight reorders */
+    const nn_graph *donor;      /* while compiling: a plan whose reordered weights are shared */
 };
 
 /* Execution context handed to kernels. */
