@@ -453,7 +453,7 @@ static xr_code check_batch(const nn_graph *g1, const nn_graph *gb, int64_t batch
 
 /* Constants that only feed oneDNN steps as reordered weights: oneDNN holds its own copy, so
  * ours is freed (the model's resident size is then about one copy of the weights). */
-static void release_weights(nn_graph *g)
+static void release_weights(nn_graph *g, const nn_graph *borrower)
 {
     bool *keep = calloc(g->n_values + 1, 1);
     if (!keep)
@@ -482,10 +482,15 @@ static void release_weights(nn_graph *g)
     }
     for (size_t i = 0; i < g->n_outputs; i++)
         keep[g->outputs[i]] = true;
+    /* what a graph built later still borrows (and did not release itself) stays */
+    for (size_t v = 0; borrower && v < g->n_values && v < borrower->n_values; v++)
+        keep[v] |= borrower->values[v].borrowed && borrower->values[v].data &&
+                   borrower->values[v].data == g->values[v].data;
     for (size_t v = 0; v < g->n_values; v++) {
         nn_value *val = &g->values[v];
         if (val->data && !keep[v]) {
-            free(val->data);
+            if (!val->borrowed)
+                free(val->data);
             val->data = NULL;
             val->released = true;
         }
@@ -517,7 +522,6 @@ static xr_code compile_plan(nn_model *m, nn_plan *pl, const nn_graph *donor, con
     if ((rc = nn_layout_fixup(&pl->g, err)) || (rc = plan_memory(pl, err)))
         return rc;
     pl->g.donor = NULL;
-    release_weights(&pl->g);
     if (pl->arena_bytes > m->arena_bytes)
         m->arena_bytes = pl->arena_bytes;
     if (pl->scratch_bytes > m->scratch_bytes)
@@ -542,24 +546,19 @@ static xr_code compile(nn_model *m, Onnx__ModelProto **mpp, const char *base_dir
     nn_plan *p1 = &m->plan[0], *pb = &m->plan[1];
     m->n_plans = 1;
     p1->batch = 1;
-    if (p->max_batch > 1) {
-        /* a model without a symbolic batch gives the batch-1 graph again: dropped below */
-        if ((rc = nn_graph_build(mp, base_dir, p->max_batch, p, &pb->g, &dyn, err)))
-            return rc;
-        m->n_plans = 2;
-        pb->batch = p->max_batch;
-    }
-    if ((rc = nn_graph_build(mp, base_dir, 1, p, &p1->g, &dyn, err)))
+    if ((rc = nn_graph_build(mp, base_dir, 1, p, NULL, &p1->g, &dyn, err)))
         return rc;
     m->dynamic = dyn;
     m->max_batch = dyn ? p->max_batch : 1;
-    if (m->n_plans == 2 && !dyn) {
-        nn_graph_done(&pb->g);
-        memset(pb, 0, sizeof(*pb));
-        m->n_plans = 1;
+    if (m->max_batch > 1) {
+        /* the batch graph borrows the batch-1 graph's initializers: one copy of the weights */
+        bool dyn_b = false;
+        m->n_plans = 2;
+        pb->batch = m->max_batch;
+        if ((rc = nn_graph_build(mp, base_dir, pb->batch, p, &p1->g, &pb->g, &dyn_b, err)) ||
+            (rc = check_batch(&p1->g, &pb->g, pb->batch, err)))
+            return rc;
     }
-    if (m->n_plans == 2 && (rc = check_batch(&p1->g, &pb->g, pb->batch, err)))
-        return rc;
     if ((rc = collect_info(m, mp, err)))
         return rc;
     /* everything needed is copied out: free the protobuf before weights are reordered */
@@ -568,6 +567,10 @@ static xr_code compile(nn_model *m, Onnx__ModelProto **mpp, const char *base_dir
     for (int i = 0; i < m->n_plans; i++)
         if ((rc = compile_plan(m, &m->plan[i], i ? &p1->g : NULL, p, err)))
             return rc;
+    /* the batch plan first: what it still borrows, the batch-1 plan keeps */
+    if (m->n_plans > 1)
+        release_weights(&pb->g, NULL);
+    release_weights(&p1->g, m->n_plans > 1 ? &pb->g : NULL);
     m->stats.n_steps = p1->n_steps;
     m->stats.arena_bytes = m->arena_bytes;
     return XR_OK;

@@ -64,6 +64,7 @@ typedef struct nn_value {
     bool known;      /* shape and type inferred */
     bool is_input, is_output, is_initializer;
     bool released;   /* a constant whose data went into oneDNN's own copy and was freed */
+    bool borrowed;   /* data belongs to another plan's graph (same initializer): not freed */
     int producer;    /* node index or -1 */
     int n_uses;      /* runtime consumers */
     int view_of;     /* runtime: shares the buffer of this value (-1: own buffer) */
@@ -211,9 +212,12 @@ xr_code nn_tensor_load(const Onnx__TensorProto *t, const char *base_dir, nn_valu
                        const char *what, xr_error *err);
 
 /* nn-graph.c: build g from mp for a batch (used where axis 0 of an input is symbolic);
- * *ret_dynamic tells whether one was. nn_graph_done frees everything g owns. */
+ * *ret_dynamic tells whether one was. share (or NULL): a graph built from the same mp whose
+ * initializer data g borrows instead of copying (it must outlive g's use of them).
+ * nn_graph_done frees everything g owns. */
 xr_code nn_graph_build(const Onnx__ModelProto *mp, const char *base_dir, int64_t batch,
-                       const nn_params *p, nn_graph *g, bool *ret_dynamic, xr_error *err);
+                       const nn_params *p, const nn_graph *share, nn_graph *g,
+                       bool *ret_dynamic, xr_error *err);
 void nn_graph_done(nn_graph *g);
 
 /* nn-dnnl.c */
