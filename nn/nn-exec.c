@@ -244,7 +244,8 @@ static xr_code plan_memory(nn_plan *m, xr_error *err)
     m->arena_bytes = f.top;
     free(f.b);
     if (!rc && m->arena_bytes > NN_ARENA_MAX_BYTES)
-        rc = xr_error_set(err, XR_E_LIMIT, "activations need %zu bytes at batch %u, at most %llu",
+        rc = xr_error_set(err, XR_E_LIMIT,
+                          "activations need %zu bytes at batch %u, at most %llu",
                           m->arena_bytes, m->batch, (unsigned long long)NN_ARENA_MAX_BYTES);
     for (size_t s = 0; s < m->n_steps; s++) {
         nn_node *n = &g->nodes[m->steps[s]];
@@ -359,7 +360,8 @@ static xr_code collect_info(nn_model *m, const Onnx__ModelProto *mp, xr_error *e
     for (int io = 0; io < 2; io++) {
         size_t cnt = io ? m->plan[0].g.n_outputs : m->plan[0].g.n_inputs;
         for (size_t i = 0; i < cnt; i++) {
-            const nn_value *v = &m->plan[0].g.values[io ? m->plan[0].g.outputs[i] : m->plan[0].g.inputs[i]];
+            const nn_graph *g1 = &m->plan[0].g;
+            const nn_value *v = &g1->values[io ? g1->outputs[i] : g1->inputs[i]];
             nn_tensor_info *t = io ? &m->out_info[i] : &m->in_info[i];
             t->name = v->name;
             t->dtype = v->dtype;
@@ -373,7 +375,7 @@ static xr_code collect_info(nn_model *m, const Onnx__ModelProto *mp, xr_error *e
 }
 
 /*
- * Running a batch-dynamic model one sample at a time is exact when no step mixes samples.
+ * Padding a batch or running it one sample at a time is exact when no step mixes samples.
  * Check, comparing the graph inferred at batch 1 and at batch B: every runtime tensor has
  * exactly one axis that scales by B (the sample axis; exporters move it, e.g. PyTorch's attention
  * works sequence-first), inputs and outputs have it at 0, and no step reduces, concatenates,
@@ -469,7 +471,8 @@ static void release_weights(nn_graph *g, const nn_graph *borrower)
             bool reordered = false;
             if (k == 1 && n->prim)
                 for (int a = 0; a < n->n_args; a++)
-                    reordered |= n->args[a].arg == DNNL_ARG_WEIGHTS && (n->args[a].value == -1 || n->args[a].value == -3);
+                    reordered |= n->args[a].arg == DNNL_ARG_WEIGHTS &&
+                                 (n->args[a].value == -1 || n->args[a].value == -3);
             if (!reordered)
                 keep[v] = true;
         }

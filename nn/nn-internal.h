@@ -34,7 +34,7 @@
  * more than that per tensor. */
 #define NN_TENSOR_MAX_ELEMS (INT64_C(1) << 31)
 #define NN_TENSOR_MAX_BYTES (UINT64_C(1) << 30)
-/* A session's activation arena for one sample (ResNet-101 at 224 needs ~11 MiB). */
+/* One plan's activation arena (ResNet-101 at 224 needs ~11 MiB per sample). */
 #define NN_ARENA_MAX_BYTES (UINT64_C(4) << 30)
 /* Graph size: far above any classifier (ViT-B/16 unfolded has ~2,000 nodes). */
 #define NN_MAX_NODES 100000
