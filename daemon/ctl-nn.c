@@ -13,6 +13,9 @@
 #include <sys/resource.h>
 #include <time.h>
 
+/* nn/'s own ceiling on max_batch (NN_MAX_BATCH) */
+#define NN_MAX_BATCH_CLI 1024
+
 #include "classifier.h"
 #include "ctl-nn.h"
 #include "dicom.h"
@@ -269,10 +272,17 @@ static int cmd_run(const char *path, const char *in_path, const char *out_path, 
     void **outs = NULL;
     nn_tensor_info ti;
     xr_error err = XR_ERROR_INIT;
-    /* the batch comes from the input length; plans are per sample, so allowing the largest
-     * batch costs nothing but the load-time check that samples do not mix */
-    if ((rc = load(path, 1024, &m)))
+    /* the batch comes from the input length, which needs the sample size: a batch of several
+     * reloads with max_batch = the batch (a batch plan costs activation memory per sample) */
+    if ((rc = load(path, 1, &m)))
         goto out;
+    if (nn_model_n_inputs(m) == 1 && nn_model_input(m, 0, &ti) && ti.batch_dynamic &&
+        ti.sample_bytes && n_in % ti.sample_bytes == 0 && n_in / ti.sample_bytes > 1 &&
+        n_in / ti.sample_bytes <= NN_MAX_BATCH_CLI) {
+        m = nn_model_free(m);
+        if ((rc = load(path, (uint32_t)(n_in / ti.sample_bytes), &m)))
+            goto out;
+    }
     rc = 1;
     if (nn_model_n_inputs(m) != 1 || !nn_model_input(m, 0, &ti) || ti.dtype != NN_DTYPE_FLOAT) {
         fprintf(stderr, "xregctl: nn-run needs a model with one float input\n");

@@ -138,6 +138,30 @@ out:
     return rc;
 }
 
+/* The donor plan's reordered copy of the same weights in the same layout, or NULL. The plans
+ * are built from one file, so the same node index, node name and weight tensor name and
+ * shape designate the same data. */
+static dnnl_memory_t donor_weights(const nn_graph *g, const nn_node *n, int wv,
+                                   const dnnl_memory_desc_t *wmd)
+{
+    const nn_graph *d = g->donor;
+    size_t i = (size_t)(n - g->nodes);
+    if (!d || i >= d->n_nodes || (size_t)wv >= d->n_values)
+        return NULL;
+    const nn_node *dn = &d->nodes[i];
+    const nn_value *a = &g->values[wv], *b = &d->values[wv];
+    if (dn->dead || !dn->prim || strcmp(dn->name, n->name) || strcmp(dn->op_type, n->op_type) ||
+        dn->n_in < 2 || dn->in[1] != wv || strcmp(a->name, b->name) || a->n_bytes != b->n_bytes ||
+        a->rank != b->rank || memcmp(a->dims, b->dims, sizeof(a->dims)))
+        return NULL;
+    for (int k = 0; k < dn->n_args; k++)
+        if (dn->args[k].arg == DNNL_ARG_WEIGHTS && (dn->args[k].value == -1 ||
+                                                     dn->args[k].value == -3) &&
+            dnnl_memory_desc_equal(&dn->args[k].md, wmd))
+            return dn->args[k].mem;
+    return NULL;
+}
+
 /* Primitive + scratchpad from pd (owned, destroyed here); binds weights (value wv, reordered
  * once when constant). */
 static xr_code finish_pd(nn_graph *g, nn_node *n, dnnl_primitive_desc_t pd, int wv,
@@ -147,7 +171,10 @@ static xr_code finish_pd(nn_graph *g, nn_node *n, dnnl_primitive_desc_t pd, int 
     dnnl_primitive_attr_t attr = NULL;
     if (wv >= 0) {
         const dnnl_memory_desc_t *wmd = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
-        if (g->values[wv].data) {
+        dnnl_memory_t dm = g->values[wv].data ? donor_weights(g, n, wv, wmd) : NULL;
+        if (dm) {
+            add_arg(n, DNNL_ARG_WEIGHTS, -3, wmd, dm);
+        } else if (g->values[wv].data) {
             dnnl_memory_t wm = NULL;
             if ((rc = reorder_const(g, n, w_user_md, g->values[wv].data, wmd, &wm, err)))
                 goto out;

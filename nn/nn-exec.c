@@ -20,15 +20,26 @@
 #include "nn-internal.h"
 
 
-struct nn_model {
+/* A graph compiled for one batch size: primitives, steps and memory plan. */
+typedef struct nn_plan {
     nn_graph g;
+    uint32_t batch;
+    int *steps;
+    size_t n_steps;
+    size_t arena_bytes, scratch_bytes;
+} nn_plan;
+
+/* Plans per model: batch 1, and max_batch when it is above 1 (see nn_session_run). */
+#define NN_MAX_PLANS 2
+
+struct nn_model {
+    nn_plan plan[NN_MAX_PLANS];
+    int n_plans;
     dnnl_engine_t engine;
     dnnl_stream_t stream;
     uint32_t max_batch;
     bool dynamic;
-    int *steps;
-    size_t n_steps;
-    size_t arena_bytes, scratch_bytes;
+    size_t arena_bytes, scratch_bytes; /* largest over the plans: what a session allocates */
     size_t n_meta;
     char **meta_k, **meta_v;
     size_t n_op_types;
@@ -45,8 +56,7 @@ struct nn_session {
     uint8_t *arena;
     void *scratch;
     dnnl_stream_t stream;
-    dnnl_memory_t *mems;
-    dnnl_memory_t scratch_mem;
+    dnnl_memory_t *mems[NN_MAX_PLANS];
 };
 
 nn_params nn_params_default(void)
@@ -137,7 +147,7 @@ static int root_of(const nn_graph *g, int v)
     return v;
 }
 
-static xr_code plan(nn_model *m, xr_error *err)
+static xr_code plan_memory(nn_plan *m, xr_error *err)
 {
     nn_graph *g = &m->g;
     size_t n_live = 0;
@@ -234,8 +244,9 @@ static xr_code plan(nn_model *m, xr_error *err)
     m->arena_bytes = f.top;
     free(f.b);
     if (!rc && m->arena_bytes > NN_ARENA_MAX_BYTES)
-        rc = xr_error_set(err, XR_E_LIMIT, "activations need %zu bytes per sample, at most %llu",
-                          m->arena_bytes, (unsigned long long)NN_ARENA_MAX_BYTES);
+        rc = xr_error_set(err, XR_E_LIMIT,
+                          "activations need %zu bytes at batch %u, at most %llu",
+                          m->arena_bytes, m->batch, (unsigned long long)NN_ARENA_MAX_BYTES);
     for (size_t s = 0; s < m->n_steps; s++) {
         nn_node *n = &g->nodes[m->steps[s]];
         if (n->scratch_bytes > m->scratch_bytes)
@@ -337,19 +348,20 @@ static xr_code collect_info(nn_model *m, const Onnx__ModelProto *mp, xr_error *e
     if (!(m->producer = strdup(prod)))
         return xr_error_set(err, XR_E_NOMEM, "out of memory");
     m->stats.producer = m->producer;
-    m->stats.opset = m->g.opset;
+    m->stats.opset = m->plan[0].g.opset;
     m->stats.n_nodes_file = gp->n_node;
-    for (size_t i = 0; i < m->g.n_values; i++)
-        if (m->g.values[i].is_initializer)
-            m->stats.n_parameters += (uint64_t)m->g.values[i].n_elems;
-    m->in_info = calloc(m->g.n_inputs + 1, sizeof(nn_tensor_info));
-    m->out_info = calloc(m->g.n_outputs + 1, sizeof(nn_tensor_info));
+    for (size_t i = 0; i < m->plan[0].g.n_values; i++)
+        if (m->plan[0].g.values[i].is_initializer)
+            m->stats.n_parameters += (uint64_t)m->plan[0].g.values[i].n_elems;
+    m->in_info = calloc(m->plan[0].g.n_inputs + 1, sizeof(nn_tensor_info));
+    m->out_info = calloc(m->plan[0].g.n_outputs + 1, sizeof(nn_tensor_info));
     if (!m->in_info || !m->out_info)
         return xr_error_set(err, XR_E_NOMEM, "out of memory");
     for (int io = 0; io < 2; io++) {
-        size_t cnt = io ? m->g.n_outputs : m->g.n_inputs;
+        size_t cnt = io ? m->plan[0].g.n_outputs : m->plan[0].g.n_inputs;
         for (size_t i = 0; i < cnt; i++) {
-            const nn_value *v = &m->g.values[io ? m->g.outputs[i] : m->g.inputs[i]];
+            const nn_graph *g1 = &m->plan[0].g;
+            const nn_value *v = &g1->values[io ? g1->outputs[i] : g1->inputs[i]];
             nn_tensor_info *t = io ? &m->out_info[i] : &m->in_info[i];
             t->name = v->name;
             t->dtype = v->dtype;
@@ -363,13 +375,13 @@ static xr_code collect_info(nn_model *m, const Onnx__ModelProto *mp, xr_error *e
 }
 
 /*
- * Running a batch-dynamic model one sample at a time is exact when no step mixes samples.
- * Check, comparing the graph inferred at batch 1 and at batch 2: every runtime tensor has
- * exactly one axis that doubles (the sample axis; exporters move it, e.g. PyTorch's attention
+ * Padding a batch or running it one sample at a time is exact when no step mixes samples.
+ * Check, comparing the graph inferred at batch 1 and at batch B: every runtime tensor has
+ * exactly one axis that scales by B (the sample axis; exporters move it, e.g. PyTorch's attention
  * works sequence-first), inputs and outputs have it at 0, and no step reduces, concatenates,
  * slices or contracts along it.
  */
-static int batch_axis(const nn_value *a, const nn_value *b)
+static int batch_axis(const nn_value *a, const nn_value *b, int64_t batch)
 {
     int ax = -1;
     if (a->rank != b->rank)
@@ -377,36 +389,16 @@ static int batch_axis(const nn_value *a, const nn_value *b)
     for (int d = 0; d < a->rank; d++) {
         if (a->dims[d] == b->dims[d])
             continue;
-        if (ax >= 0 || b->dims[d] != 2 * a->dims[d])
+        if (ax >= 0 || b->dims[d] != batch * a->dims[d])
             return -2;
         ax = d;
     }
     return ax;
 }
 
-/* What check_batch needs of the batch-2 graph: shapes only, so that graph is freed before the
- * batch-1 one is built (peak memory: one copy of the constants, not two). */
-typedef struct shape_rec {
-    int rank;
-    bool is_const;
-    int64_t dims[NN_MAX_RANK];
-} shape_rec;
-
-static shape_rec *shapes_of(const nn_graph *g)
+static xr_code check_batch(const nn_graph *g1, const nn_graph *gb, int64_t batch, xr_error *err)
 {
-    shape_rec *r = calloc(g->n_values + 1, sizeof(shape_rec));
-    for (size_t i = 0; r && i < g->n_values; i++) {
-        r[i].rank = g->values[i].rank;
-        r[i].is_const = g->values[i].data != NULL;
-        memcpy(r[i].dims, g->values[i].dims, sizeof(r[i].dims));
-    }
-    return r;
-}
-
-static xr_code check_batch(const nn_graph *g1, const shape_rec *g2, size_t n_values2,
-                           xr_error *err)
-{
-    if (g1->n_values != n_values2)
+    if (g1->n_values != gb->n_values)
         return xr_error_set(err, XR_E_INTERNAL, "graph differs between batch sizes");
     int *bax = calloc(g1->n_values + 1, sizeof(int));
     if (!bax)
@@ -414,12 +406,11 @@ static xr_code check_batch(const nn_graph *g1, const shape_rec *g2, size_t n_val
     xr_code rc = XR_OK;
     for (size_t i = 0; i < g1->n_values && !rc; i++) {
         const nn_value *a = &g1->values[i];
-        nn_value b = {.rank = g2[i].rank};
-        memcpy(b.dims, g2[i].dims, sizeof(b.dims));
+        const nn_value *b = &gb->values[i];
         bax[i] = -1;
-        if (a->data || !a->known || g2[i].is_const)
+        if (a->data || !a->known || b->data)
             continue;
-        bax[i] = batch_axis(a, &b);
+        bax[i] = batch_axis(a, b, batch);
         if (bax[i] < 0 || ((a->is_input || a->is_output) && bax[i] != 0))
             rc = xr_error_set(err, XR_E_UNSUPPORTED,
                               "tensor \"%s\" does not scale with the batch on one axis%s, so "
@@ -464,7 +455,7 @@ static xr_code check_batch(const nn_graph *g1, const shape_rec *g2, size_t n_val
 
 /* Constants that only feed oneDNN steps as reordered weights: oneDNN holds its own copy, so
  * ours is freed (the model's resident size is then about one copy of the weights). */
-static void release_weights(nn_graph *g)
+static void release_weights(nn_graph *g, const nn_graph *borrower)
 {
     bool *keep = calloc(g->n_values + 1, 1);
     if (!keep)
@@ -480,7 +471,8 @@ static void release_weights(nn_graph *g)
             bool reordered = false;
             if (k == 1 && n->prim)
                 for (int a = 0; a < n->n_args; a++)
-                    reordered |= n->args[a].arg == DNNL_ARG_WEIGHTS && n->args[a].value == -1;
+                    reordered |= n->args[a].arg == DNNL_ARG_WEIGHTS &&
+                                 (n->args[a].value == -1 || n->args[a].value == -3);
             if (!reordered)
                 keep[v] = true;
         }
@@ -493,10 +485,15 @@ static void release_weights(nn_graph *g)
     }
     for (size_t i = 0; i < g->n_outputs; i++)
         keep[g->outputs[i]] = true;
+    /* what a graph built later still borrows (and did not release itself) stays */
+    for (size_t v = 0; borrower && v < g->n_values && v < borrower->n_values; v++)
+        keep[v] |= borrower->values[v].borrowed && borrower->values[v].data &&
+                   borrower->values[v].data == g->values[v].data;
     for (size_t v = 0; v < g->n_values; v++) {
         nn_value *val = &g->values[v];
         if (val->data && !keep[v]) {
-            free(val->data);
+            if (!val->borrowed)
+                free(val->data);
             val->data = NULL;
             val->released = true;
         }
@@ -504,37 +501,65 @@ static void release_weights(nn_graph *g)
     free(keep);
 }
 
+/* Fusion, primitives, memory plan of one plan's graph; donor (or NULL) lends its reordered
+ * weights where they are the same. */
+static xr_code compile_plan(nn_model *m, nn_plan *pl, const nn_graph *donor, const nn_params *p,
+                            xr_error *err)
+{
+    xr_code rc;
+    pl->g.engine = m->engine;
+    pl->g.stream = m->stream;
+    pl->g.donor = donor;
+    if (p->optimize) {
+        size_t n_fused = nn_graph_optimize(&pl->g);
+        if (pl == &m->plan[0])
+            m->stats.n_fused = n_fused;
+    }
+    for (size_t i = 0; i < pl->g.n_nodes; i++) {
+        nn_node *n = &pl->g.nodes[i];
+        if (n->dead || !n->op->prepare)
+            continue;
+        if ((rc = n->op->prepare(&pl->g, n, err)))
+            return rc;
+    }
+    if ((rc = nn_layout_fixup(&pl->g, err)) || (rc = plan_memory(pl, err)))
+        return rc;
+    pl->g.donor = NULL;
+    if (pl->arena_bytes > m->arena_bytes)
+        m->arena_bytes = pl->arena_bytes;
+    if (pl->scratch_bytes > m->scratch_bytes)
+        m->scratch_bytes = pl->scratch_bytes;
+    return XR_OK;
+}
+
+/*
+ * A batch-dynamic model with max_batch B > 1 gets two plans: batch 1 (latency) and batch B
+ * (throughput: oneDNN's primitives see the whole batch, so weights are read once per batch and
+ * the matrix products are B times taller). Both graphs are built before the protobuf is freed;
+ * the batch-B one shares the batch-1 one's reordered weights wherever oneDNN chose the same
+ * layout, so the model holds about one copy of its weights. The shapes of the two graphs also
+ * drive the check that samples never mix, which lets a run pad or split a batch freely.
+ */
 static xr_code compile(nn_model *m, Onnx__ModelProto **mpp, const char *base_dir,
                        const nn_params *p, xr_error *err)
 {
     const Onnx__ModelProto *mp = *mpp;
     xr_code rc;
     bool dyn = false;
-    shape_rec *s2 = NULL;
-    size_t n2 = 0;
-    if (p->max_batch > 1) {
-        /* batch 2 first (only its shapes are kept); a model without a symbolic batch gives
-         * the same graph, and the result is dropped */
-        nn_graph g2;
-        if ((rc = nn_graph_build(mp, base_dir, 2, p, &g2, &dyn, err)))
-            return rc;
-        if (dyn && !(s2 = shapes_of(&g2))) {
-            nn_graph_done(&g2);
-            return xr_error_set(err, XR_E_NOMEM, "out of memory");
-        }
-        n2 = g2.n_values;
-        nn_graph_done(&g2);
-    }
-    if ((rc = nn_graph_build(mp, base_dir, 1, p, &m->g, &dyn, err))) {
-        free(s2);
+    nn_plan *p1 = &m->plan[0], *pb = &m->plan[1];
+    m->n_plans = 1;
+    p1->batch = 1;
+    if ((rc = nn_graph_build(mp, base_dir, 1, p, NULL, &p1->g, &dyn, err)))
         return rc;
-    }
     m->dynamic = dyn;
     m->max_batch = dyn ? p->max_batch : 1;
-    if (s2) {
-        rc = check_batch(&m->g, s2, n2, err);
-        free(s2);
-        if (rc)
+    if (m->max_batch > 1) {
+        /* the batch graph borrows the batch-1 graph's initializers: one copy of the weights */
+        bool dyn_b = false;
+        m->n_plans = 2;
+        pb->batch = m->max_batch;
+        if ((rc = nn_graph_build(mp, base_dir, pb->batch, p, &p1->g, &pb->g, &dyn_b, err)) ||
+            (rc = check_batch(&p1->g, &pb->g, pb->batch, err)))
             return rc;
     }
     if ((rc = collect_info(m, mp, err)))
@@ -542,21 +567,14 @@ static xr_code compile(nn_model *m, Onnx__ModelProto **mpp, const char *base_dir
     /* everything needed is copied out: free the protobuf before weights are reordered */
     onnx__model_proto__free_unpacked(*mpp, NULL);
     *mpp = NULL;
-    m->g.engine = m->engine;
-    m->g.stream = m->stream;
-    if (p->optimize)
-        m->stats.n_fused = nn_graph_optimize(&m->g);
-    for (size_t i = 0; i < m->g.n_nodes; i++) {
-        nn_node *n = &m->g.nodes[i];
-        if (n->dead || !n->op->prepare)
-            continue;
-        if ((rc = n->op->prepare(&m->g, n, err)))
+    for (int i = 0; i < m->n_plans; i++)
+        if ((rc = compile_plan(m, &m->plan[i], i ? &p1->g : NULL, p, err)))
             return rc;
-    }
-    if ((rc = nn_layout_fixup(&m->g, err)) || (rc = plan(m, err)))
-        return rc;
-    release_weights(&m->g);
-    m->stats.n_steps = m->n_steps;
+    /* the batch plan first: what it still borrows, the batch-1 plan keeps */
+    if (m->n_plans > 1)
+        release_weights(&pb->g, NULL);
+    release_weights(&p1->g, m->n_plans > 1 ? &pb->g : NULL);
+    m->stats.n_steps = p1->n_steps;
     m->stats.arena_bytes = m->arena_bytes;
     return XR_OK;
 }
@@ -644,7 +662,11 @@ nn_model *nn_model_free(nn_model *m)
 {
     if (!m)
         return NULL;
-    nn_graph_done(&m->g);
+    /* the batch plan borrows the batch-1 plan's weights: freed first */
+    for (int i = NN_MAX_PLANS; i-- > 0;) {
+        nn_graph_done(&m->plan[i].g);
+        free(m->plan[i].steps);
+    }
     for (size_t i = 0; i < m->n_meta; i++) {
         free(m->meta_k[i]);
         free(m->meta_v[i]);
@@ -658,7 +680,6 @@ nn_model *nn_model_free(nn_model *m)
     free(m->producer);
     free(m->in_info);
     free(m->out_info);
-    free(m->steps);
     if (m->stream)
         dnnl_stream_destroy(m->stream);
     if (m->engine)
@@ -667,13 +688,13 @@ nn_model *nn_model_free(nn_model *m)
     return NULL;
 }
 
-size_t nn_model_n_inputs(const nn_model *m) { return m->g.n_inputs; }
-size_t nn_model_n_outputs(const nn_model *m) { return m->g.n_outputs; }
+size_t nn_model_n_inputs(const nn_model *m) { return m->plan[0].g.n_inputs; }
+size_t nn_model_n_outputs(const nn_model *m) { return m->plan[0].g.n_outputs; }
 uint32_t nn_model_max_batch(const nn_model *m) { return m->max_batch; }
 
 bool nn_model_input(const nn_model *m, size_t i, nn_tensor_info *ret)
 {
-    if (i >= m->g.n_inputs)
+    if (i >= m->plan[0].g.n_inputs)
         return false;
     *ret = m->in_info[i];
     return true;
@@ -681,7 +702,7 @@ bool nn_model_input(const nn_model *m, size_t i, nn_tensor_info *ret)
 
 bool nn_model_output(const nn_model *m, size_t i, nn_tensor_info *ret)
 {
-    if (i >= m->g.n_outputs)
+    if (i >= m->plan[0].g.n_outputs)
         return false;
     *ret = m->out_info[i];
     return true;
@@ -732,10 +753,14 @@ xr_code nn_session_new(const nn_model *m, int n_threads, nn_session **ret_sessio
         return xr_error_set(err, XR_E_NOMEM, "out of memory");
     s->m = m;
     s->n_threads = n_threads;
+    /* the plans never run at the same time: one arena and one scratchpad sized for the largest */
     s->arena = nn_aligned_alloc(m->arena_bytes);
     s->scratch = m->scratch_bytes ? nn_aligned_alloc(m->scratch_bytes) : NULL;
-    s->mems = calloc(m->n_steps * NN_STEP_MEMS + 1, sizeof(dnnl_memory_t));
-    if (!s->arena || (m->scratch_bytes && !s->scratch) || !s->mems) {
+    bool ok = s->arena && (!m->scratch_bytes || s->scratch);
+    for (int p = 0; p < m->n_plans; p++)
+        ok = ok && (s->mems[p] = calloc(m->plan[p].n_steps * NN_STEP_MEMS + 1,
+                                        sizeof(dnnl_memory_t)));
+    if (!ok) {
         rc = xr_error_set(err, XR_E_NOMEM, "out of memory for a session of %zu bytes",
                           m->arena_bytes + m->scratch_bytes);
         goto out;
@@ -744,29 +769,32 @@ xr_code nn_session_new(const nn_model *m, int n_threads, nn_session **ret_sessio
                             NULL, "stream", err)))
         goto out;
     nn_exec x = {.arena = s->arena};
-    for (size_t st = 0; st < m->n_steps; st++) {
-        const nn_node *n = &m->g.nodes[m->steps[st]];
-        for (int i = 0; i < n->n_args; i++) {
-            const nn_dnnl_arg *a = &n->args[i];
-            dnnl_memory_t *mem = &s->mems[st * NN_STEP_MEMS + i];
-            if (a->value == -1) {
-                *mem = a->mem; /* model-owned, shared read-only */
-                continue;
+    for (int p = 0; p < m->n_plans; p++) {
+        const nn_plan *pl = &m->plan[p];
+        for (size_t st = 0; st < pl->n_steps; st++) {
+            const nn_node *n = &pl->g.nodes[pl->steps[st]];
+            for (int i = 0; i < n->n_args; i++) {
+                const nn_dnnl_arg *a = &n->args[i];
+                dnnl_memory_t *mem = &s->mems[p][st * NN_STEP_MEMS + i];
+                if (a->value == -1 || a->value == -3) {
+                    *mem = a->mem; /* model-owned, shared read-only */
+                    continue;
+                }
+                void *ptr = a->value == -2 ? s->scratch : nn_ptr(&pl->g, &x, a->value);
+                if ((rc = nn_dnnl_check(dnnl_memory_create(mem, &a->md, m->engine, ptr), n,
+                                        "memory", err)))
+                    goto out;
             }
-            void *ptr = a->value == -2 ? s->scratch : nn_ptr(&m->g, &x, a->value);
-            if ((rc = nn_dnnl_check(dnnl_memory_create(mem, &a->md, m->engine, ptr), n,
-                                    "memory", err)))
-                goto out;
-        }
-        for (int i = 0; i < n->n_pre; i++) {
-            dnnl_memory_t *mem = &s->mems[st * NN_STEP_MEMS + NN_MAX_DNNL_ARGS + 2 * i];
-            if ((rc = nn_dnnl_check(dnnl_memory_create(&mem[0], &n->pre[i].smd, m->engine,
-                                                       nn_ptr(&m->g, &x, n->pre[i].src)),
-                                    n, "memory", err)) ||
-                (rc = nn_dnnl_check(dnnl_memory_create(&mem[1], &n->pre[i].dmd, m->engine,
-                                                       nn_ptr(&m->g, &x, n->pre[i].dst)),
-                                    n, "memory", err)))
-                goto out;
+            for (int i = 0; i < n->n_pre; i++) {
+                dnnl_memory_t *mem = &s->mems[p][st * NN_STEP_MEMS + NN_MAX_DNNL_ARGS + 2 * i];
+                if ((rc = nn_dnnl_check(dnnl_memory_create(&mem[0], &n->pre[i].smd, m->engine,
+                                                           nn_ptr(&pl->g, &x, n->pre[i].src)),
+                                        n, "memory", err)) ||
+                    (rc = nn_dnnl_check(dnnl_memory_create(&mem[1], &n->pre[i].dmd, m->engine,
+                                                           nn_ptr(&pl->g, &x, n->pre[i].dst)),
+                                        n, "memory", err)))
+                    goto out;
+            }
         }
     }
     *ret_session = s;
@@ -780,22 +808,25 @@ nn_session *nn_session_free(nn_session *s)
 {
     if (!s)
         return NULL;
-    if (s->mems) {
-        for (size_t st = 0; st < s->m->n_steps; st++) {
-            const nn_node *n = &s->m->g.nodes[s->m->steps[st]];
+    for (int p = 0; p < s->m->n_plans; p++) {
+        const nn_plan *pl = &s->m->plan[p];
+        if (!s->mems[p])
+            continue;
+        for (size_t st = 0; st < pl->n_steps; st++) {
+            const nn_node *n = &pl->g.nodes[pl->steps[st]];
             for (int i = 0; i < n->n_args; i++) {
-                dnnl_memory_t mem = s->mems[st * NN_STEP_MEMS + i];
-                if (mem && n->args[i].value != -1)
+                dnnl_memory_t mem = s->mems[p][st * NN_STEP_MEMS + i];
+                if (mem && n->args[i].value != -1 && n->args[i].value != -3)
                     dnnl_memory_destroy(mem);
             }
             for (int i = 0; i < 2 * n->n_pre; i++) {
-                dnnl_memory_t mem = s->mems[st * NN_STEP_MEMS + NN_MAX_DNNL_ARGS + i];
+                dnnl_memory_t mem = s->mems[p][st * NN_STEP_MEMS + NN_MAX_DNNL_ARGS + i];
                 if (mem)
                     dnnl_memory_destroy(mem);
             }
         }
+        free(s->mems[p]);
     }
-    free(s->mems);
     if (s->stream)
         dnnl_stream_destroy(s->stream);
     free(s->arena);
@@ -804,13 +835,52 @@ nn_session *nn_session_free(nn_session *s)
     return NULL;
 }
 
+/* k samples (k <= pl->batch) from sample `first` of the caller's buffers through plan pl;
+ * samples past k are zero padding (they never mix with the real ones: check_batch). */
+static xr_code run_plan(nn_session *s, int p, uint32_t first, uint32_t k,
+                        const void *const *inputs, void *const *outputs, xr_error *err)
+{
+    const nn_model *m = s->m;
+    const nn_plan *pl = &m->plan[p];
+    const nn_graph *g = &pl->g;
+    nn_exec x = {.arena = s->arena, .stream = s->stream, .mems = s->mems[p],
+                 .scratch = s->scratch};
+    for (size_t i = 0; i < g->n_inputs; i++) {
+        const nn_value *v = &g->values[g->inputs[i]];
+        size_t sb = m->in_info[i].sample_bytes;
+        memcpy(s->arena + v->offset, (const uint8_t *)inputs[i] + first * sb, k * sb);
+        if (k * sb < v->n_bytes)
+            memset(s->arena + v->offset + k * sb, 0, v->n_bytes - k * sb);
+    }
+    for (size_t st = 0; st < pl->n_steps; st++) {
+        const nn_node *n = &g->nodes[pl->steps[st]];
+        xr_code rc;
+        x.step = st;
+        if (n->n_pre && (rc = nn_pre_run(g, n, &x, err)))
+            return rc;
+        if (n->prim)
+            rc = nn_dnnl_run(g, n, &x, err);
+        else if (n->op->view && g->values[n->out[0]].view_of >= 0)
+            rc = XR_OK;
+        else
+            rc = n->op->run(g, n, &x, err);
+        if (rc)
+            return rc;
+    }
+    for (size_t i = 0; i < g->n_outputs; i++) {
+        size_t sb = m->out_info[i].sample_bytes;
+        memcpy((uint8_t *)outputs[i] + first * sb, nn_ptr(g, &x, g->outputs[i]), k * sb);
+    }
+    return XR_OK;
+}
+
 xr_code nn_session_run(nn_session *s, uint32_t n_batch, const void *const *inputs,
                        void *const *outputs, xr_error *err)
 {
     if (!s || !inputs || !outputs)
         return xr_error_set(err, XR_E_INPUT, "nn_session_run: NULL argument");
     const nn_model *m = s->m;
-    const nn_graph *g = &m->g;
+    const nn_graph *g = &m->plan[0].g;
     if (n_batch < 1 || n_batch > m->max_batch)
         return xr_error_set(err, XR_E_INPUT, "batch of %u is outside [1, %u]", n_batch,
                             m->max_batch);
@@ -821,32 +891,22 @@ xr_code nn_session_run(nn_session *s, uint32_t n_batch, const void *const *input
         if (!outputs[i])
             return xr_error_set(err, XR_E_INPUT, "output %zu is NULL", i);
     omp_set_num_threads(s->n_threads);
-    nn_exec x = {.arena = s->arena, .stream = s->stream, .mems = s->mems, .scratch = s->scratch};
-    for (uint32_t b = 0; b < n_batch; b++) {
-        for (size_t i = 0; i < g->n_inputs; i++) {
-            const nn_value *v = &g->values[g->inputs[i]];
-            memcpy(s->arena + v->offset, (const uint8_t *)inputs[i] + b * v->n_bytes, v->n_bytes);
+    /* n samples: the batch plan, padded, when it costs less than n batch-1 runs (NN_PAD_MIN
+     * in nn-internal.h), else one sample at a time */
+    uint32_t bmax = m->n_plans > 1 ? m->plan[1].batch : 1;
+    for (uint32_t done = 0; done < n_batch;) {
+        uint32_t r = n_batch - done;
+        xr_code rc;
+        if (m->n_plans > 1 && (uint64_t)r * NN_PAD_DEN >= (uint64_t)bmax * NN_PAD_NUM) {
+            uint32_t k = r < bmax ? r : bmax;
+            rc = run_plan(s, 1, done, k, inputs, outputs, err);
+            done += k;
+        } else {
+            rc = run_plan(s, 0, done, 1, inputs, outputs, err);
+            done++;
         }
-        for (size_t st = 0; st < m->n_steps; st++) {
-            const nn_node *n = &g->nodes[m->steps[st]];
-            xr_code rc;
-            x.step = st;
-            if (n->n_pre && (rc = nn_pre_run(g, n, &x, err)))
-                return rc;
-            if (n->prim)
-                rc = nn_dnnl_run(g, n, &x, err);
-            else if (n->op->view && g->values[n->out[0]].view_of >= 0)
-                rc = XR_OK;
-            else
-                rc = n->op->run(g, n, &x, err);
-            if (rc)
-                return rc;
-        }
-        for (size_t i = 0; i < g->n_outputs; i++) {
-            const nn_value *v = &g->values[g->outputs[i]];
-            memcpy((uint8_t *)outputs[i] + b * v->n_bytes, nn_ptr(g, &x, g->outputs[i]),
-                   v->n_bytes);
-        }
+        if (rc)
+            return rc;
     }
     return XR_OK;
 }

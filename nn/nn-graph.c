@@ -137,7 +137,8 @@ void nn_graph_done(nn_graph *g)
     }
     for (size_t i = 0; i < g->n_values; i++) {
         free(g->values[i].name);
-        free(g->values[i].data);
+        if (!g->values[i].borrowed)
+            free(g->values[i].data);
     }
     free(g->nodes);
     free(g->values);
@@ -181,7 +182,8 @@ static xr_code bind_input(nn_graph *g, int v, const nn_binding *b, xr_error *err
 }
 
 xr_code nn_graph_build(const Onnx__ModelProto *mp, const char *base_dir, int64_t batch,
-                       const nn_params *p, nn_graph *g, bool *ret_dynamic, xr_error *err)
+                       const nn_params *p, const nn_graph *share, nn_graph *g,
+                       bool *ret_dynamic, xr_error *err)
 {
     xr_code rc = XR_OK;
     name_map map = {0};
@@ -225,6 +227,20 @@ xr_code nn_graph_build(const Onnx__ModelProto *mp, const char *base_dir, int64_t
             goto out;
         }
         g->values[v].is_initializer = true;
+        const nn_value *sv = share && (size_t)v < share->n_values ? &share->values[v] : NULL;
+        if (sv && sv->is_initializer && sv->data && !strcmp(sv->name, g->values[v].name)) {
+            /* validated when share was built: the same bytes, borrowed */
+            nn_value *val = &g->values[v];
+            val->dtype = sv->dtype;
+            val->rank = sv->rank;
+            memcpy(val->dims, sv->dims, sizeof(val->dims));
+            val->n_elems = sv->n_elems;
+            val->n_bytes = sv->n_bytes;
+            val->known = sv->known;
+            val->data = sv->data;
+            val->borrowed = true;
+            continue;
+        }
         if ((rc = nn_tensor_load(t, base_dir, &g->values[v], "initializer", err)))
             goto out;
     }

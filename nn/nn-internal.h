@@ -8,8 +8,9 @@
  * by its reference kernel and becomes a constant (this folds the Shape/Gather/Unsqueeze/Concat
  * chains exporters emit) -> dead nodes dropped -> rewrites (nn-opt.c) -> oneDNN primitives for
  * the remaining steps, weights reordered once -> memory plan by liveness (nn-exec.c).
- * A batch-dynamic model is compiled for one sample and run once per sample; the loader checks
- * that shapes at batch 2 are those at batch 1 with dimension 0 doubled, so samples never mix.
+ * A batch-dynamic model with max_batch B > 1 is compiled twice, for batch 1 and for batch B
+ * (sharing reordered weights); the loader checks that shapes at batch B are those at batch 1
+ * with one axis scaled by B and that no step mixes samples, so a run may pad or split.
  */
 #pragma once
 
@@ -33,7 +34,7 @@
  * more than that per tensor. */
 #define NN_TENSOR_MAX_ELEMS (INT64_C(1) << 31)
 #define NN_TENSOR_MAX_BYTES (UINT64_C(1) << 30)
-/* A session's activation arena for one sample (ResNet-101 at 224 needs ~11 MiB). */
+/* One plan's activation arena (ResNet-101 at 224 needs ~11 MiB per sample). */
 #define NN_ARENA_MAX_BYTES (UINT64_C(4) << 30)
 /* Graph size: far above any classifier (ViT-B/16 unfolded has ~2,000 nodes). */
 #define NN_MAX_NODES 100000
@@ -42,6 +43,10 @@
 #define NN_MAX_NODE_IO 1024
 /* Largest batch a caller may ask to plan for. */
 #define NN_MAX_BATCH 1024
+/* A run of n < B samples uses the batch-B plan, zero-padded, when n/B >= NUM/DEN, else n
+ * batch-1 runs (measured: see docs/nn.md "Batch"). */
+#define NN_PAD_NUM 1
+#define NN_PAD_DEN 2
 #define NN_ALIGN 64
 
 typedef struct nn_graph nn_graph;
@@ -59,6 +64,7 @@ typedef struct nn_value {
     bool known;      /* shape and type inferred */
     bool is_input, is_output, is_initializer;
     bool released;   /* a constant whose data went into oneDNN's own copy and was freed */
+    bool borrowed;   /* data belongs to another plan's graph (same initializer): not freed */
     int producer;    /* node index or -1 */
     int n_uses;      /* runtime consumers */
     int view_of;     /* runtime: shares the buffer of this value (-1: own buffer) */
@@ -91,7 +97,8 @@ typedef struct nn_attrs {
 } nn_attrs;
 
 /* A oneDNN argument bound at session creation: value >= 0 points into the arena (or at a
- * constant), value == -1 is the model-owned memory in mem (reordered weights, bias). */
+ * constant), value == -1 is the model-owned memory in mem (reordered weights, bias), -2 the
+ * session's scratchpad, -3 memory borrowed from another plan's node (not freed here). */
 typedef struct nn_dnnl_arg {
     int arg;
     int value;
@@ -161,6 +168,7 @@ struct nn_graph {
     int64_t batch;              /* batch the shapes were inferred for */
     dnnl_engine_t engine;       /* borrowed from the model */
     dnnl_stream_t stream;       /* load-time stream for weight reorders */
+    const nn_graph *donor;      /* while compiling: a plan whose reordered weights are shared */
 };
 
 /* Execution context handed to kernels. */
@@ -204,9 +212,12 @@ xr_code nn_tensor_load(const Onnx__TensorProto *t, const char *base_dir, nn_valu
                        const char *what, xr_error *err);
 
 /* nn-graph.c: build g from mp for a batch (used where axis 0 of an input is symbolic);
- * *ret_dynamic tells whether one was. nn_graph_done frees everything g owns. */
+ * *ret_dynamic tells whether one was. share (or NULL): a graph built from the same mp whose
+ * initializer data g borrows instead of copying (it must outlive g's use of them).
+ * nn_graph_done frees everything g owns. */
 xr_code nn_graph_build(const Onnx__ModelProto *mp, const char *base_dir, int64_t batch,
-                       const nn_params *p, nn_graph *g, bool *ret_dynamic, xr_error *err);
+                       const nn_params *p, const nn_graph *share, nn_graph *g,
+                       bool *ret_dynamic, xr_error *err);
 void nn_graph_done(nn_graph *g);
 
 /* nn-dnnl.c */

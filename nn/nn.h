@@ -70,9 +70,11 @@ typedef struct nn_binding {
 
 typedef struct nn_params {
     /* Largest batch a run may ask for (dimension 0 of each input when the model declares it
-     * symbolic). The graph is compiled and planned for one sample and run once per sample;
-     * above 1, the load checks that the graph never mixes samples (XR_E_UNSUPPORTED if it
-     * does). Ignored for fixed-batch models. */
+     * symbolic). Above 1 the graph is compiled for batch 1 and for max_batch (weights shared;
+     * each session's activation arena grows about linearly with max_batch), and the load
+     * checks that the graph never mixes samples (XR_E_UNSUPPORTED if it does). A run of n
+     * uses the max_batch plan (padded) for n >= max_batch/2, else n batch-1 runs. Ignored for
+     * fixed-batch models. */
     uint32_t max_batch;
     /* Graph rewrites (BatchNormalization folding, activation/residual fusion). Off only to debug
      * a suspected fusion bug: results must be the same either way. */

@@ -508,6 +508,24 @@ static void test_dynamic_batch_and_metadata(void **state)
     assert_int_equal(nn_session_run(s, 3, in, out, &err), XR_OK);
     assert_float_equal(y[9], 2.0f, 1e-6);
     assert_float_equal(y[11], 2.5f, 1e-6);
+    /* every path gives the same rows: one sample at a time (n 1), the batch-4 plan padded
+     * (n 2, 3) and full (n 4) */
+    float x4[16] = {0, 0, 0, 0, -2, 2, 1, 1, 3, 3, 3, 3, -1, 0.5f, -3, 7}, y4[16], y1[16];
+    const void *in4[1] = {x4};
+    void *out4[1] = {y4};
+    for (int r = 0; r < 4; r++) {
+        const void *in1[1] = {x4 + 4 * r};
+        void *out1[1] = {y1 + 4 * r};
+        assert_int_equal(nn_session_run(s, 1, in1, out1, &err), XR_OK);
+    }
+    assert_memory_equal(y1, y, 12 * sizeof(float));
+    for (uint32_t n = 1; n <= 4; n++) {
+        memset(y4, 0xff, sizeof(y4));
+        assert_int_equal(nn_session_run(s, n, in4, out4, &err), XR_OK);
+        assert_memory_equal(y4, y1, 4 * n * sizeof(float));
+        for (uint32_t i = 4 * n; i < 16; i++)
+            assert_true(isnan(y4[i])); /* rows past n are not written */
+    }
     assert_int_equal(nn_session_run(s, 5, in, out, &err), XR_E_INPUT);
     assert_int_equal(nn_session_run(s, 0, in, out, &err), XR_E_INPUT);
     nn_session_free(s);
