@@ -27,20 +27,6 @@ namespace
 
 const char DEFLATED_TS[] = "1.2.840.10008.1.2.1.99";
 
-__attribute__((format(printf, 4, 5))) xr_code fail(xr_error *err, xr_code code, const char *path,
-                                                   const char *fmt, ...)
-{
-    if (!err)
-        return code;
-    va_list ap;
-    va_start(ap, fmt);
-    xr_error_setv(err, code, fmt, ap);
-    va_end(ap);
-    if (path)
-        xr_error_prefix(err, "\"%s\": ", path);
-    return code;
-}
-
 uint32_t le16(const unsigned char *p)
 {
     return (uint32_t)p[0] | (uint32_t)p[1] << 8;
@@ -136,7 +122,7 @@ xr_code inflate_data_set(int fd, uint64_t cap, const char *path, int *ret_fd, xr
     if (!m.has_ts) {
         /* Unreadable meta that still names deflate: DCMTK might inflate it unbounded. */
         if (memmem(head + 132, (size_t)n - 132, DEFLATED_TS, sizeof(DEFLATED_TS) - 1))
-            return fail(err, XR_E_INPUT, path,
+            return fail(err, XR_E_INPUT, Source{path},
                         "cannot read the File Meta Information of an object that names the "
                         "deflated transfer syntax");
         return XR_OK;
@@ -180,7 +166,7 @@ xr_code inflate_data_set(int fd, uint64_t cap, const char *path, int *ret_fd, xr
     inflateEnd(&z);
     if (total > cap) {
         close(mfd);
-        return fail(err, XR_E_LIMIT, path,
+        return fail(err, XR_E_LIMIT, Source{path},
                     "the deflated data set inflates to more than %llu bytes, the limit",
                     (unsigned long long)cap);
     }

@@ -130,6 +130,36 @@ static void route_logging(bool to_xr_log)
 
 static bool global_initialized;
 
+xr_code fail(xr_error *err, xr_code code, const Source &src, const char *fmt, ...)
+{
+    if (!err)
+        return code;
+    va_list ap;
+    va_start(ap, fmt);
+    xr_error_setv(err, code, fmt, ap);
+    va_end(ap);
+    if (src.path)
+        xr_error_prefix(err, "\"%s\": ", src.path);
+    return code;
+}
+
+void parse_failure(xr_error *err, const Source &src, const OFCondition &cond)
+{
+    const char *why;
+    char text[256];
+    if (cond == EC_StreamNotifyClient || cond == EC_EndOfStream)
+        why = "the data ends inside an element (truncated, or not DICOM)";
+    else if (cond == EC_InvalidStream)
+        why = "invalid stream (truncated meta header, or not DICOM)";
+    else {
+        condition_text(cond, text, sizeof(text));
+        why = text;
+    }
+    fail(err, XR_E_INPUT, src, "not a DICOM file: %s", why);
+    xr_error_detail(err, "DCMTK condition %04x:%04x: %s", (unsigned)cond.module(),
+                    (unsigned)cond.code(), cond.text());
+}
+
 } // namespace xrdicom
 
 using namespace xrdicom;

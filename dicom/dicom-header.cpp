@@ -93,25 +93,6 @@ const StringAttr string_attrs[] = {
     STRING_ATTR(DCM_SpecificCharacterSet, "SpecificCharacterSet", specific_character_set),
 };
 
-/* Where a message names the input: "\"x.dcm\": " for files, nothing for buffers. */
-struct Source {
-    const char *path; /* NULL for a buffer */
-};
-
-__attribute__((format(printf, 4, 5))) xr_code fail(xr_error *err, xr_code code, const Source &src,
-                                                   const char *fmt, ...)
-{
-    if (!err)
-        return code;
-    va_list ap;
-    va_start(ap, fmt);
-    xr_error_setv(err, code, fmt, ap);
-    va_end(ap);
-    if (src.path)
-        xr_error_prefix(err, "\"%s\": ", src.path);
-    return code;
-}
-
 /* Values longer than this are not even loaded when repairing (a deferred 1 GB "name"). */
 const Uint32 REPAIR_LOAD_MAX = 16 * 1024;
 
@@ -287,24 +268,6 @@ xr_code get_is(DcmItem &ds, const DcmTagKey &tag, const char *name, int64_t dflt
     const char *why = strstr(local.msg, "invalid value");
     note_repair(repair, name, tag, "%s, ignored", why ? why : "malformed value");
     return XR_OK;
-}
-
-/* Readable reason for a DCMTK parse failure; the raw condition goes to the detail. */
-void parse_failure(xr_error *err, const Source &src, const OFCondition &cond)
-{
-    const char *why;
-    char text[256];
-    if (cond == EC_StreamNotifyClient || cond == EC_EndOfStream)
-        why = "the data ends inside an element (truncated, or not DICOM)";
-    else if (cond == EC_InvalidStream)
-        why = "invalid stream (truncated meta header, or not DICOM)";
-    else {
-        condition_text(cond, text, sizeof(text));
-        why = text;
-    }
-    fail(err, XR_E_INPUT, src, "not a DICOM file: %s", why);
-    xr_error_detail(err, "DCMTK condition %04x:%04x: %s", (unsigned)cond.module(),
-                    (unsigned)cond.code(), cond.text());
 }
 
 /* ts: the transfer syntax when the meta header was not parsed (an inflated data set), else NULL */

@@ -99,3 +99,21 @@ namespace xrdicom
 xr_code inflate_data_set(int fd, uint64_t cap, const char *path, int *ret_fd, xr_error *err);
 
 } // namespace xrdicom
+
+namespace xrdicom
+{
+
+/* Where a message names the input: "\"x.dcm\": " for files, nothing for buffers. */
+struct Source {
+    const char *path; /* NULL for a buffer */
+};
+
+/* Fill err (if not NULL) with code and the message, prefixed with the input's name. */
+__attribute__((format(printf, 4, 5))) xr_code fail(xr_error *err, xr_code code, const Source &src,
+                                                   const char *fmt, ...);
+
+/* XR_E_INPUT "not a DICOM file: <readable reason>" for a DCMTK parse failure; the raw condition
+ * goes to the detail. */
+void parse_failure(xr_error *err, const Source &src, const OFCondition &cond);
+
+} // namespace xrdicom
