@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "nn-internal.h"
@@ -57,7 +58,56 @@ struct nn_session {
     void *scratch;
     dnnl_stream_t stream;
     dnnl_memory_t *mems[NN_MAX_PLANS];
+    double *prof_ns[NN_MAX_PLANS]; /* XREG_NN_PROFILE: time per step, summed over runs */
+    uint64_t prof_runs[NN_MAX_PLANS];
 };
+
+static double mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e9 + (double)ts.tv_nsec;
+}
+
+/* Time per op type (oneDNN primitive or reference kernel), per run, on stderr: where a model
+ * spends its time, without DNNL_VERBOSE's per-call lines. */
+static void profile_print(const nn_session *s)
+{
+    for (int p = 0; p < s->m->n_plans; p++) {
+        const nn_plan *pl = &s->m->plan[p];
+        if (!s->prof_ns[p] || !s->prof_runs[p])
+            continue;
+        double total = 0;
+        for (size_t st = 0; st < pl->n_steps; st++)
+            total += s->prof_ns[p][st];
+        fprintf(stderr, "nn profile: batch %lld, %llu runs, %.3f ms per run\n",
+                (long long)pl->batch, (unsigned long long)s->prof_runs[p],
+                total / 1e6 / (double)s->prof_runs[p]);
+        bool *seen = calloc(pl->n_steps, sizeof(bool));
+        if (!seen)
+            return;
+        for (size_t st = 0; st < pl->n_steps; st++) {
+            if (seen[st])
+                continue;
+            const nn_node *n = &pl->g.nodes[pl->steps[st]];
+            bool dnnl = n->prim != NULL;
+            double t = 0;
+            int count = 0;
+            for (size_t o = st; o < pl->n_steps; o++) {
+                const nn_node *q = &pl->g.nodes[pl->steps[o]];
+                if (!seen[o] && (q->prim != NULL) == dnnl && strcmp(q->op_type, n->op_type) == 0) {
+                    seen[o] = true;
+                    t += s->prof_ns[p][o];
+                    count++;
+                }
+            }
+            fprintf(stderr, "  %-22s %-9s %4d steps %9.3f ms %5.1f%%\n", n->op_type,
+                    dnnl ? "oneDNN" : "reference", count, t / 1e6 / (double)s->prof_runs[p],
+                    total > 0 ? 100.0 * t / total : 0.0);
+        }
+        free(seen);
+    }
+}
 
 nn_params nn_params_default(void)
 {
@@ -760,6 +810,9 @@ xr_code nn_session_new(const nn_model *m, int n_threads, nn_session **ret_sessio
     for (int p = 0; p < m->n_plans; p++)
         ok = ok && (s->mems[p] = calloc(m->plan[p].n_steps * NN_STEP_MEMS + 1,
                                         sizeof(dnnl_memory_t)));
+    const char *prof = getenv("XREG_NN_PROFILE");
+    for (int p = 0; ok && prof && *prof && strcmp(prof, "0") != 0 && p < m->n_plans; p++)
+        ok = (s->prof_ns[p] = calloc(m->plan[p].n_steps + 1, sizeof(double))) != NULL;
     if (!ok) {
         rc = xr_error_set(err, XR_E_NOMEM, "out of memory for a session of %zu bytes",
                           m->arena_bytes + m->scratch_bytes);
@@ -808,8 +861,10 @@ nn_session *nn_session_free(nn_session *s)
 {
     if (!s)
         return NULL;
+    profile_print(s);
     for (int p = 0; p < s->m->n_plans; p++) {
         const nn_plan *pl = &s->m->plan[p];
+        free(s->prof_ns[p]);
         if (!s->mems[p])
             continue;
         for (size_t st = 0; st < pl->n_steps; st++) {
@@ -852,6 +907,7 @@ static xr_code run_plan(nn_session *s, int p, uint32_t first, uint32_t k,
         if (k * sb < v->n_bytes)
             memset(s->arena + v->offset + k * sb, 0, v->n_bytes - k * sb);
     }
+    double *prof = s->prof_ns[p], t0 = prof ? mono_ns() : 0;
     for (size_t st = 0; st < pl->n_steps; st++) {
         const nn_node *n = &g->nodes[pl->steps[st]];
         xr_code rc;
@@ -866,7 +922,14 @@ static xr_code run_plan(nn_session *s, int p, uint32_t first, uint32_t k,
             rc = n->op->run(g, n, &x, err);
         if (rc)
             return rc;
+        if (prof) {
+            double t1 = mono_ns();
+            prof[st] += t1 - t0;
+            t0 = t1;
+        }
     }
+    if (prof)
+        s->prof_runs[p]++;
     for (size_t i = 0; i < g->n_outputs; i++) {
         size_t sb = m->out_info[i].sample_bytes;
         memcpy((uint8_t *)outputs[i] + first * sb, nn_ptr(g, &x, g->outputs[i]), k * sb);

@@ -48,6 +48,9 @@
 #define NN_PAD_NUM 1
 #define NN_PAD_DEN 2
 #define NN_ALIGN 64
+/* Constant MatMul/Gemm weights are stored [N, K] when a sample has at least this many rows,
+ * else [K, N] (measured with oneDNN 2.6's sgemm: docs/nn.md "Weight layouts"). */
+#define NN_MATMUL_NK_ROWS 32
 
 typedef struct nn_graph nn_graph;
 typedef struct nn_node nn_node;

@@ -64,4 +64,11 @@ grep -q 'unsupported op "FancyRelu" (node "relu", opset 13)' <<<"$out" || fail "
 
 out=$("$xregctl" nn-bench "$dir/tiny.onnx" --batch 2 --runs 3)
 grep -q "batch: 2" <<<"$out" && grep -q "latency: median" <<<"$out" || fail "nn-bench: $out"
+# the step profiler: every step of the batch-2 plan timed, per op type and engine
+out=$(XREG_NN_PROFILE=1 "$xregctl" nn-bench "$dir/tiny.onnx" --batch 2 --runs 3 2>&1)
+grep -q "nn profile: batch 2, 5 runs" <<<"$out" || fail "profile header: $out"
+grep -Eq "MatMul +oneDNN +1 steps" <<<"$out" || fail "profile MatMul line: $out"
+grep -Eq "Softmax +oneDNN +1 steps" <<<"$out" || fail "profile Softmax line: $out"
+out=$("$xregctl" nn-bench "$dir/tiny.onnx" --batch 2 --runs 3 2>&1)
+if grep -q "nn profile" <<<"$out"; then fail "profile printed without XREG_NN_PROFILE"; fi
 echo "ctl-nn: all checks passed"
