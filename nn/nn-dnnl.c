@@ -85,6 +85,8 @@ static xr_code make_attr(nn_node *n, dnnl_primitive_attr_t *ret, xr_error *err)
     dnnl_post_ops_t po = NULL;
     CK(dnnl_primitive_attr_create(&attr), "attr");
     CK(dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user), "scratchpad");
+    if (n->out_scale != 0.0f)
+        CK(dnnl_primitive_attr_set_output_scales(attr, 1, 0, &n->out_scale), "output scale");
     if (n->n_post) {
         CK(dnnl_post_ops_create(&po), "post-ops");
         for (int i = 0; i < n->n_post; i++) {
@@ -432,10 +434,85 @@ out:
     return rc;
 }
 
+static void view_plain_of(nn_view *v, const nn_value *val)
+{
+    int64_t st = 1;
+    v->on = false;
+    v->rank = val->rank;
+    v->offset = 0;
+    for (int d = val->rank - 1; d >= 0; d--) {
+        v->dims[d] = val->dims[d];
+        v->strides[d] = st;
+        st *= val->dims[d];
+    }
+}
+
+/* md of a strided view (nn-opt.c absorb_views) */
+static xr_code view_md(const nn_node *n, const nn_view *v, dnnl_memory_desc_t *md, xr_error *err)
+{
+    xr_code rc = XR_OK;
+    dnnl_dims_t d, s;
+    for (int i = 0; i < v->rank; i++) {
+        d[i] = v->dims[i];
+        s[i] = v->strides[i];
+    }
+    CK(dnnl_memory_desc_init_by_strides(md, v->rank, d, dnnl_f32, s), "matmul view desc");
+out:
+    return rc;
+}
+
+/* Arguments of n bound to value v start v's byte_off bytes into its buffer. */
+static void arg_offset(nn_node *n, int arg, const nn_view *v)
+{
+    for (int i = 0; i < n->n_args; i++)
+        if (n->args[i].arg == arg)
+            n->args[i].byte_off = (size_t)v->offset * sizeof(float);
+}
+
+/* MatMul over operands and result held in place (absorb_views): rank-equal, no broadcast. */
+static xr_code matmul_views_prepare(nn_graph *g, nn_node *n, xr_error *err)
+{
+    xr_code rc = XR_OK;
+    nn_view va, vb, vy;
+    const nn_value *a = IN(0), *b = IN(1), *y = OUTV(0);
+    if (n->in_view[0].on)
+        va = n->in_view[0];
+    else
+        view_plain_of(&va, a);
+    if (n->in_view[1].on)
+        vb = n->in_view[1];
+    else
+        view_plain_of(&vb, b);
+    if (n->out_view.on)
+        vy = n->out_view;
+    else
+        view_plain_of(&vy, y);
+    if (a->blocked || b->blocked || y->blocked || va.rank != vb.rank || va.rank != vy.rank)
+        return xr_error_set(err, XR_E_INTERNAL, "node \"%s\" (MatMul): in-place operands of "
+                            "another layout or rank", n->name);
+    dnnl_memory_desc_t amd, bmd, ymd;
+    if ((rc = view_md(n, &va, &amd, err)) || (rc = view_md(n, &vb, &bmd, err)) ||
+        (rc = view_md(n, &vy, &ymd, err)))
+        return rc;
+    dnnl_matmul_desc_t md;
+    CK(dnnl_matmul_desc_init(&md, &amd, &bmd, NULL, &ymd), "matmul desc");
+    add_arg(n, DNNL_ARG_SRC, n->in[0], &amd, NULL);
+    add_arg(n, DNNL_ARG_DST, n->out[0], &ymd, NULL);
+    arg_offset(n, DNNL_ARG_SRC, &va);
+    arg_offset(n, DNNL_ARG_DST, &vy);
+    if ((rc = finish(g, n, &md, n->in[1], &bmd, err)))
+        return rc;
+    arg_offset(n, DNNL_ARG_WEIGHTS, &vb);
+out:
+    return rc;
+}
+
 xr_code nn_matmul_prepare(nn_graph *g, nn_node *n, xr_error *err)
 {
     xr_code rc = XR_OK;
     bool gemm = strcmp(n->op_type, "Gemm") == 0;
+    if (n->in_view[0].on || n->in_view[1].on || n->out_view.on)
+        return matmul_views_prepare(g, n, err);
     const nn_value *a = IN(0), *b = IN(1), *y = OUTV(0);
     int64_t ad[NN_MAX_RANK], bd[NN_MAX_RANK], yd[NN_MAX_RANK];
     int ar = a->rank, br = b->rank, yr = y->rank;

@@ -833,7 +833,8 @@ xr_code nn_session_new(const nn_model *m, int n_threads, nn_session **ret_sessio
                     *mem = a->mem; /* model-owned, shared read-only */
                     continue;
                 }
-                void *ptr = a->value == -2 ? s->scratch : nn_ptr(&pl->g, &x, a->value);
+                void *ptr = a->value == -2 ? s->scratch
+                                           : (uint8_t *)nn_ptr(&pl->g, &x, a->value) + a->byte_off;
                 if ((rc = nn_dnnl_check(dnnl_memory_create(mem, &a->md, m->engine, ptr), n,
                                         "memory", err)))
                     goto out;

@@ -105,6 +105,7 @@ typedef struct nn_attrs {
 typedef struct nn_dnnl_arg {
     int arg;
     int value;
+    size_t byte_off;   /* into the value's buffer (a strided view starting inside it) */
     dnnl_memory_desc_t md;
     dnnl_memory_t mem;
 } nn_dnnl_arg;
@@ -122,6 +123,15 @@ typedef struct nn_pre {
     dnnl_primitive_t prim;
     dnnl_memory_desc_t smd, dmd;
 } nn_pre;
+
+/* A MatMul operand or result addressed through strides inside another value's buffer: what a
+ * chain of Slice/Reshape/Transpose would have copied out (nn-opt.c absorb_views). */
+typedef struct nn_view {
+    bool on;
+    int rank;
+    int64_t dims[NN_MAX_RANK], strides[NN_MAX_RANK]; /* in elements */
+    int64_t offset;                                  /* elements */
+} nn_view;
 
 struct nn_node {
     const struct nn_op *op;
@@ -143,6 +153,9 @@ struct nn_node {
     int n_pre;
     nn_pre pre[NN_MAX_PRE];
     int bias_in;                  /* MatMul: constant bias vector fused from an Add, else -1 */
+    nn_view in_view[2];           /* MatMul: operands read in place (in[k] is the base value) */
+    nn_view out_view;             /* MatMul: result written in place into out[0] */
+    float out_scale;              /* MatMul: scalar factor folded from an operand (0: none) */
     bool post_add_c;              /* Gemm: beta*C added after the primitive (runtime C) */
 };
 
