@@ -51,6 +51,8 @@
 /* Constant MatMul/Gemm weights are stored [N, K] when a sample has at least this many rows,
  * else [K, N] (measured with oneDNN 2.6's sgemm: docs/nn.md "Weight layouts"). */
 #define NN_MATMUL_NK_ROWS 32
+/* Reference copy kernels (Transpose, Slice) split work over threads from this size on. */
+#define NN_PARALLEL_MIN_ELEMS (INT64_C(1) << 16)
 
 typedef struct nn_graph nn_graph;
 typedef struct nn_node nn_node;

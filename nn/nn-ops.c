@@ -1182,6 +1182,19 @@ static xr_code run_slice(const nn_graph *g, const nn_node *n, nn_exec *x, xr_err
     }
     /* rows along the last axis: one memcpy when its step is 1 */
     int64_t inner = o->dims[r - 1], st = n->a.steps[r - 1];
+    if (st == 1 && r >= 2 && o->n_elems >= NN_PARALLEL_MIN_ELEMS) {
+        int64_t rows = o->n_elems / inner;
+#pragma omp parallel for schedule(static)
+        for (int64_t row = 0; row < rows; row++) {
+            int64_t rem = row, off = n->a.starts[r - 1];
+            for (int i = r - 2; i >= 0; i--) {
+                off += (n->a.starts[i] + (rem % o->dims[i]) * n->a.steps[i]) * sst[i];
+                rem /= o->dims[i];
+            }
+            memcpy(y + row * inner * (int64_t)es, src + off * (int64_t)es, (size_t)inner * es);
+        }
+        return XR_OK;
+    }
     for (int64_t k = 0; k < o->n_elems; k += inner) {
         int64_t off = n->a.starts[r - 1];
         for (int i = 0; i < r - 1; i++)
@@ -1275,6 +1288,26 @@ static xr_code run_transpose(const nn_graph *g, const nn_node *n, nn_exec *x, xr
     int64_t inner = r ? o->dims[r - 1] : 1, sin = r ? st[r - 1] : 0;
     if (o->n_elems == 0)
         return XR_OK;
+    if (es == 4 && r >= 2 && o->n_elems >= NN_PARALLEL_MIN_ELEMS) {
+        /* rows of the output in parallel: memory-bound, so the second thread pays */
+        int64_t rows = o->n_elems / inner;
+#pragma omp parallel for schedule(static)
+        for (int64_t row = 0; row < rows; row++) {
+            int64_t rem = row, off = 0;
+            for (int i = r - 2; i >= 0; i--) {
+                off += (rem % o->dims[i]) * st[i];
+                rem /= o->dims[i];
+            }
+            const float *fs = (const float *)src + off;
+            float *fy = (float *)y + row * inner;
+            if (sin == 1)
+                memcpy(fy, fs, (size_t)inner * sizeof(float));
+            else
+                for (int64_t i = 0; i < inner; i++)
+                    fy[i] = fs[i * sin];
+        }
+        return XR_OK;
+    }
     for (int64_t k = 0; k < o->n_elems; k += inner) {
         int64_t off = 0;
         for (int i = 0; i < r - 1; i++)

@@ -135,3 +135,27 @@ def test_second_reader_keeps_the_copy(xregctl, tmp_path):
     assert np.abs(got[n:] - kt.ravel()).max() <= 1e-6 * max(1.0, np.abs(kt).max())
     # k's Slice/Reshape/Transpose stay (the Transpose is an output), the rest as above
     assert steps(xregctl, model) == 9 + 3
+
+
+@pytest.mark.parametrize("perm", [[1, 0, 2], [2, 0, 1], [0, 2, 1], [1, 2, 0]])
+def test_large_transpose_and_slice_match_numpy(xregctl, tmp_path, perm):
+    """Above NN_PARALLEL_MIN_ELEMS the reference Transpose and Slice split rows over threads."""
+    shape = [64, 40, 48]
+    g = helper.make_graph(
+        [helper.make_node("Slice", ["x", "st", "en", "ax"], ["s"]),
+         helper.make_node("Transpose", ["s"], ["y"], perm=[0] + [p + 1 for p in perm])],
+        "copies", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch"] + shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.array([1, 3], np.int64), "st"),
+         numpy_helper.from_array(np.array([63, 40], np.int64), "en"),
+         numpy_helper.from_array(np.array([1, 2], np.int64), "ax")])
+    model = tmp_path / "copies.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), model)
+    x = np.random.default_rng(1).standard_normal([2] + shape).astype(np.float32)
+    want = np.transpose(x[:, 1:63, 3:40, :], [0] + [p + 1 for p in perm])
+    inp, out = tmp_path / "x.f32", tmp_path / "y.f32"
+    x.tofile(inp)
+    subprocess.run([xregctl, "nn-run", str(model), "--input", str(inp), "--output", str(out),
+                    "--threads", "2"], capture_output=True, text=True, check=True)
+    got = np.fromfile(out, "<f4")
+    assert got.size == want.size and np.array_equal(got, want.ravel())
