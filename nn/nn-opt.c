@@ -201,6 +201,45 @@ static bool same_shape(const nn_value *a, const nn_value *b)
     return true;
 }
 
+/*
+ * MatMul/Gemm result -> Reshape-like views -> Add of a residual: the views move no bytes, so
+ * the residual is still the sum post-op (sequence-first attention: out-projection Gemm ->
+ * Reshape -> Transpose of the size-1 batch axis -> Add). r is the first view's node.
+ */
+static bool sum_through_views(nn_graph *g, nn_node *n, int r)
+{
+    bool gemm = is_op(n, "Gemm");
+    if ((!gemm && !is_op(n, "MatMul")) || n->sum_in >= 0 || n->n_post >= NN_MAX_POST ||
+        (gemm && (n->a.f0 != 1.0f || (n->n_in > 2 && n->in[2] >= 0 && !g->values[n->in[2]].data))))
+        return false;
+    nn_node *chain[4];
+    int depth = 0, v = n->out[0];
+    while (r >= 0 && g->nodes[r].op->view && g->nodes[r].in[0] == v) {
+        if (depth == 4)
+            return false;
+        chain[depth++] = &g->nodes[r];
+        v = g->nodes[r].out[0];
+        if (g->values[v].is_output || readers(g, v, &r, NULL) != 1)
+            return false;
+    }
+    nn_node *c = &g->nodes[r];
+    int o = other_input(c, v);
+    if (depth == 0 || !is_op(c, "Add") || o < 0)
+        return false;
+    const nn_value *ov = &g->values[o], *cv = &g->values[c->out[0]];
+    if (ov->data || ov->dtype != NN_DTYPE_FLOAT || !same_shape(ov, cv) ||
+        cv->n_elems != g->values[n->out[0]].n_elems ||
+        (ov->producer >= 0 && ov->producer >= (int)(n - g->nodes)))
+        return false;
+    n->post[n->n_post++] = (nn_post){NN_POST_SUM, dnnl_alg_kind_undef, 0, 0};
+    n->sum_in = o;
+    for (int i = 0; i < depth; i++)
+        chain[i]->dead = true;
+    c->dead = true;
+    take_output(g, n, c);
+    return true;
+}
+
 /* Fold what follows node n into it, one reader at a time. */
 static size_t fuse_after(nn_graph *g, nn_node *n)
 {
@@ -239,6 +278,12 @@ static size_t fuse_after(nn_graph *g, nn_node *n)
         }
         if (nr != 1)
             break;
+        if (g->nodes[r1].op->view) {
+            if (!sum_through_views(g, n, r1))
+                break;
+            n_done += 2;
+            continue;
+        }
         nn_node *c = &g->nodes[r1];
         const nn_value *cv = &g->values[c->out[0]];
         if (cv->dtype != NN_DTYPE_FLOAT || c->n_out != 1)

@@ -20,7 +20,7 @@ T, E, H = 7, 16, 4   # tokens, embedding, heads
 D = E // H
 
 
-def attention_model(path, extra_output=False):
+def attention_model(path, extra_output=False, residual=False):
     rng = np.random.default_rng(5)
     w = {
         "Wqkv": rng.standard_normal((E, 3 * E)).astype(np.float32) * 0.3,
@@ -57,8 +57,10 @@ def attention_model(path, extra_output=False):
         helper.make_node("Reshape", ["ot", "flat_shape"], ["of"]),
         helper.make_node("Gemm", ["of", "Wo", "bo"], ["g"], transB=1),
         helper.make_node("Reshape", ["g", "seq_shape"], ["gs"]),
-        helper.make_node("Transpose", ["gs"], ["y"], perm=[1, 0, 2]),
+        helper.make_node("Transpose", ["gs"], ["yt" if residual else "y"], perm=[1, 0, 2]),
     ]
+    if residual:  # the encoder's x + attention(x): a sum post-op behind the two views
+        nodes.append(helper.make_node("Add", ["yt", "x"], ["y"]))
     outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", T, E])]
     if extra_output:  # k's transposed copy is also an output: it must stay a real tensor
         outputs.append(helper.make_tensor_value_info("kt", TensorProto.FLOAT, ["heads", D, T]))
@@ -122,6 +124,18 @@ def test_attention_in_place_matches_numpy(xregctl, tmp_path, batch):
     # batch 1: the three Slice/Reshape/Transpose chains, the Div, the result's Transpose gone;
     # the two Transposes that move only the size-1 batch axis are views (still steps)
     assert steps(xregctl, model) == 9
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_residual_behind_views_is_a_sum_post_op(xregctl, tmp_path, batch):
+    model = tmp_path / "attn_res.onnx"
+    w = attention_model(model, residual=True)
+    x = np.random.default_rng(7 + batch).standard_normal((batch, T, E)).astype(np.float32)
+    want = reference(w, x)[0] + x
+    got = run(xregctl, model, x, tmp_path).reshape(want.shape)
+    assert np.abs(got - want).max() <= 1e-5 * max(1.0, np.abs(want).max())
+    # batch 1: the Gemm's Reshape and size-1 Transpose views and the Add are folded into it
+    assert steps(xregctl, model) == 7
 
 
 def test_second_reader_keeps_the_copy(xregctl, tmp_path):
