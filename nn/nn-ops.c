@@ -550,6 +550,18 @@ static xr_code run_binary(const nn_graph *g, const nn_node *n, nn_exec *x, xr_er
     const void *pa = nn_ptr(g, x, n->in[0]), *pb = nn_ptr(g, x, n->in[1]);
     void *py = nn_ptr(g, x, n->out[0]);
     int k = (int)n->a.i0;
+    int64_t ne = OUTV(0)->n_elems;
+    if (ins[0]->dtype == NN_DTYPE_FLOAT && ins[0]->n_elems == ne && ins[1]->n_elems == ne &&
+        ne >= NN_PARALLEL_MIN_ELEMS && k <= B_DIV) {
+        /* same-shape float arithmetic (a residual Add the matmul could not take): threads */
+        const float *fa = pa, *fb = pb;
+        float *fy = py;
+#pragma omp parallel for schedule(static)
+        for (int64_t i = 0; i < ne; i++)
+            fy[i] = k == B_ADD ? fa[i] + fb[i] : k == B_SUB ? fa[i] - fb[i]
+                  : k == B_MUL ? fa[i] * fb[i] : fa[i] / fb[i];
+        return XR_OK;
+    }
     bcast_it it;
     bcast_init(&it, OUTV(0), ins, 2);
     int64_t sa = OUTV(0)->rank ? it.st[0][OUTV(0)->rank - 1] : 0;

@@ -173,3 +173,26 @@ def test_large_transpose_and_slice_match_numpy(xregctl, tmp_path, perm):
                     "--threads", "2"], capture_output=True, text=True, check=True)
     got = np.fromfile(out, "<f4")
     assert got.size == want.size and np.array_equal(got, want.ravel())
+
+
+@pytest.mark.parametrize("op", ["Add", "Sub", "Mul", "Div"])
+def test_large_same_shape_arithmetic_matches_numpy(xregctl, tmp_path, op):
+    """Above NN_PARALLEL_MIN_ELEMS same-shape float arithmetic runs on the session's threads."""
+    shape = [3, 197, 200]
+    g = helper.make_graph(
+        [helper.make_node("Abs", ["x"], ["a"]),
+         helper.make_node("Add", ["a", "one"], ["t"]),
+         helper.make_node(op, ["x", "t"], ["y"])],
+        "arith", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)],
+        [numpy_helper.from_array(np.array(1.0, np.float32), "one")])
+    model = tmp_path / "arith.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), model)
+    x = np.random.default_rng(2).standard_normal(shape).astype(np.float32)
+    t = np.abs(x) + np.float32(1)
+    want = {"Add": x + t, "Sub": x - t, "Mul": x * t, "Div": x / t}[op]
+    inp, out = tmp_path / "x.f32", tmp_path / "y.f32"
+    x.tofile(inp)
+    subprocess.run([xregctl, "nn-run", str(model), "--input", str(inp), "--output", str(out),
+                    "--threads", "2"], capture_output=True, text=True, check=True)
+    assert np.array_equal(np.fromfile(out, "<f4"), want.ravel())
