@@ -51,6 +51,10 @@
 /* Constant MatMul/Gemm weights are stored [N, K] when a sample has at least this many rows,
  * else [K, N] (measured with oneDNN 2.6's sgemm: docs/nn.md "Weight layouts"). */
 #define NN_MATMUL_NK_ROWS 32
+/* A Conv whose last post-op is SiLU and whose output has at least this many elements applies
+ * it in a pass of its own (AVX2) rather than as oneDNN's swish post-op, which costs twice as
+ * much per element; below it the pass's thread start-up outweighs the gain (docs/nn.md "SiLU"). */
+#define NN_SILU_PASS_MIN_ELEMS 16384
 
 typedef struct nn_graph nn_graph;
 typedef struct nn_node nn_node;
@@ -144,6 +148,7 @@ struct nn_node {
     nn_pre pre[NN_MAX_PRE];
     int bias_in;                  /* MatMul: constant bias vector fused from an Add, else -1 */
     bool post_add_c;              /* Gemm: beta*C added after the primitive (runtime C) */
+    bool silu_after;              /* Conv: the last post-op (SiLU) runs as nn's own pass */
 };
 
 typedef struct nn_op {
