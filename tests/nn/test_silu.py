@@ -189,3 +189,72 @@ def test_conv_silu_blocked_chain(tmp_path):
     assert "eltwise_swish" not in first, f"SiLU pass not applied: {first}"
     # "p": padded (24 lanes for 20 channels)
     assert "dst_f32:p:blocked:aBcd8b" in first, f"intermediate not blocked any more: {first}"
+
+
+def se_model(path: pathlib.Path, c_in: int, c: int, hw: int, rng: np.random.Generator,
+             mul_first: bool = False) -> dict:
+    """EfficientNet's squeeze-excitation on a Conv's SiLU output z: GlobalAveragePool, a 1x1
+    Conv + Sigmoid, then z * scale. With mul_first, a Mul(z, z) graph output reads z before the
+    pool does."""
+    w = (rng.standard_normal((c, c_in, 1, 1)) * 0.5).astype(np.float32)
+    b = rng.standard_normal(c).astype(np.float32)
+    ws = (rng.standard_normal((c, c, 1, 1)) * 0.3).astype(np.float32)
+    bs = rng.standard_normal(c).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["y"], kernel_shape=[1, 1]),
+        helper.make_node("Sigmoid", ["y"], ["s"]),
+        helper.make_node("Mul", ["y", "s"], ["z"]),
+    ]
+    outputs = [helper.make_tensor_value_info("o", TensorProto.FLOAT, [1, c, hw, hw])]
+    if mul_first:
+        nodes.append(helper.make_node("Mul", ["z", "z"], ["zz"]))
+        outputs.append(helper.make_tensor_value_info("zz", TensorProto.FLOAT, [1, c, hw, hw]))
+    nodes += [
+        helper.make_node("GlobalAveragePool", ["z"], ["g"]),
+        helper.make_node("Conv", ["g", "ws", "bs"], ["q"], kernel_shape=[1, 1]),
+        helper.make_node("Sigmoid", ["q"], ["sc"]),
+        helper.make_node("Mul", ["z", "sc"], ["o"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "se", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c_in, hw, hw])],
+        outputs, initializer=[numpy_helper.from_array(a, n) for a, n in
+                              ((w, "w"), (b, "b"), (ws, "ws"), (bs, "bs"))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return {"w": w, "b": b, "ws": ws, "bs": bs}
+
+
+@pytest.mark.parametrize("c,mul_first", [(24, False), (20, False), (24, True)],
+                         ids=["c24-pool-first", "c20-padded-pool-first", "c24-mul-first"])
+def test_silu_pool(tmp_path, c, mul_first):
+    """The pool that reads a Conv's SiLU output first applies that SiLU while it sums (no
+    oneDNN pooling step runs); when another node reads the tensor first, the Conv applies it
+    and the pool is oneDNN's. Both against numpy."""
+    rng = np.random.default_rng(c + 100 * mul_first)
+    hw, c_in = 29, 5
+    model = tmp_path / "m.onnx"
+    p = se_model(model, c_in, c, hw, rng, mul_first)
+    x = (rng.standard_normal((1, c_in, hw, hw)) * 8).astype(np.float32)
+    got, log = run(model, x, tmp_path)
+    y = conv_ref(x, p["w"], p["b"], 1)
+    z = y / (1.0 + np.exp(-y))
+    g = z.mean(axis=(2, 3), keepdims=True)
+    q = conv_ref(g, p["ws"], p["bs"], 1)
+    o = z / (1.0 + np.exp(-q))
+    want = [o.ravel()] + ([(z * z).ravel()] if mul_first else [])
+    want = np.concatenate(want)
+    assert got.size == want.size
+    s1 = conv_ref(np.abs(x), np.abs(p["w"]), np.abs(p["b"]), 1)
+    tol = 2e-6 * np.concatenate([s1.ravel()] + ([2.2 * s1.ravel() ** 2] if mul_first else []))
+    err = np.abs(got - want)
+    assert np.all(err <= tol + 1e-30), float(np.max(err / (tol + 1e-30)))
+    convs = conv_lines(log)
+    first = next(ln for ln in convs if f"ic{c_in}oc{c}_" in ln)
+    assert "eltwise_swish" not in first, first
+    pools = [ln for ln in log.splitlines() if ln.startswith("onednn_verbose,exec,cpu,pooling")]
+    if mul_first:
+        assert len(pools) == 1, "the pool is not the first reader: oneDNN's pooling must run"
+    else:
+        assert not pools, f"SiLU + pool not fused: {pools}"
