@@ -305,10 +305,10 @@ xr_code nn_layout_fixup(nn_graph *g, xr_error *err)
 /* ---------------------------------------------------------------- SiLU pass */
 
 #if defined(__x86_64__)
-/* y = x / (1 + exp(-x)), 8 lanes: exp by 2^k * polynomial on [-ln2/2, ln2/2] (the Cephes expf
- * coefficients; relative error ~1.3e-7 overall); -x is clamped to +-88.38 so exp neither
- * overflows nor underflows (silu(x) for x < -88 is ~0 either way). */
-__attribute__((target("avx2,fma"))) static inline __m256 silu8(__m256 x)
+/* y = x / (1 + exp(-x)), 8 lanes at a time: exp by 2^k * polynomial on [-ln2/2, ln2/2] (the
+ * Cephes expf coefficients; relative error ~1.3e-7 overall); -x is clamped to +-88.38 so exp
+ * neither overflows nor underflows (silu(x) for x < -88 is ~0 either way). */
+__attribute__((target("avx2,fma"))) static void silu_avx2(float *p, size_t n)
 {
     const __m256 hi = _mm256_set1_ps(88.3762626647949f), lo = _mm256_set1_ps(-88.3762626647949f);
     const __m256 log2e = _mm256_set1_ps(1.44269504088896341f), one = _mm256_set1_ps(1.0f);
@@ -316,58 +316,27 @@ __attribute__((target("avx2,fma"))) static inline __m256 silu8(__m256 x)
     const __m256 c0 = _mm256_set1_ps(1.9875691500e-4f), c1 = _mm256_set1_ps(1.3981999507e-3f),
                  c2 = _mm256_set1_ps(8.3334519073e-3f), c3 = _mm256_set1_ps(4.1665795894e-2f),
                  c4 = _mm256_set1_ps(1.6666665459e-1f), c5 = _mm256_set1_ps(5.0000001201e-1f);
-    __m256 t = _mm256_max_ps(_mm256_min_ps(_mm256_sub_ps(_mm256_setzero_ps(), x), hi), lo);
-    __m256 k = _mm256_round_ps(_mm256_mul_ps(t, log2e),
-                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(k, ln2_hi, t);
-    r = _mm256_fnmadd_ps(k, ln2_lo, r);
-    __m256 e = _mm256_fmadd_ps(c0, r, c1);
-    e = _mm256_fmadd_ps(e, r, c2);
-    e = _mm256_fmadd_ps(e, r, c3);
-    e = _mm256_fmadd_ps(e, r, c4);
-    e = _mm256_fmadd_ps(e, r, c5);
-    e = _mm256_fmadd_ps(e, _mm256_mul_ps(r, r), _mm256_add_ps(r, one));
-    __m256i pw = _mm256_slli_epi32(
-        _mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
-    e = _mm256_mul_ps(e, _mm256_castsi256_ps(pw));
-    return _mm256_div_ps(x, _mm256_add_ps(one, e));
-}
-
-__attribute__((target("avx2,fma"))) static void silu_avx2(float *p, size_t n)
-{
     size_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        _mm256_storeu_ps(p + i, silu8(_mm256_loadu_ps(p + i)));
+    for (; i + 8 <= n; i += 8) {
+        __m256 x = _mm256_loadu_ps(p + i);
+        __m256 t = _mm256_max_ps(_mm256_min_ps(_mm256_sub_ps(_mm256_setzero_ps(), x), hi), lo);
+        __m256 k = _mm256_round_ps(_mm256_mul_ps(t, log2e),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        __m256 r = _mm256_fnmadd_ps(k, ln2_hi, t);
+        r = _mm256_fnmadd_ps(k, ln2_lo, r);
+        __m256 e = _mm256_fmadd_ps(c0, r, c1);
+        e = _mm256_fmadd_ps(e, r, c2);
+        e = _mm256_fmadd_ps(e, r, c3);
+        e = _mm256_fmadd_ps(e, r, c4);
+        e = _mm256_fmadd_ps(e, r, c5);
+        e = _mm256_fmadd_ps(e, _mm256_mul_ps(r, r), _mm256_add_ps(r, one));
+        __m256i pw = _mm256_slli_epi32(
+            _mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
+        e = _mm256_mul_ps(e, _mm256_castsi256_ps(pw));
+        _mm256_storeu_ps(p + i, _mm256_div_ps(x, _mm256_add_ps(one, e)));
+    }
     for (; i < n; i++)
         p[i] = p[i] / (1.0f + expf(-p[i]));
-}
-
-/* n_blk blocks of hw x 8 channels (nChw8c): SiLU in place, and each channel's mean into y. */
-__attribute__((target("avx2,fma"))) static void silu_gap_avx2(float *x, float *y, size_t n_blk,
-                                                               size_t hw)
-{
-    int nt = omp_get_max_threads();
-    const __m256 scale = _mm256_set1_ps(1.0f / (float)hw);
-#pragma omp parallel for num_threads(nt) schedule(static)
-    for (size_t b = 0; b < n_blk; b++) {
-        float *p = x + b * hw * 8;
-        __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
-        size_t i = 0;
-        for (; i + 2 <= hw; i += 2) {
-            __m256 v0 = silu8(_mm256_loadu_ps(p + i * 8));
-            __m256 v1 = silu8(_mm256_loadu_ps(p + i * 8 + 8));
-            _mm256_storeu_ps(p + i * 8, v0);
-            _mm256_storeu_ps(p + i * 8 + 8, v1);
-            s0 = _mm256_add_ps(s0, v0);
-            s1 = _mm256_add_ps(s1, v1);
-        }
-        if (i < hw) {
-            __m256 v = silu8(_mm256_loadu_ps(p + i * 8));
-            _mm256_storeu_ps(p + i * 8, v);
-            s0 = _mm256_add_ps(s0, v);
-        }
-        _mm256_storeu_ps(y + b * 8, _mm256_mul_ps(_mm256_add_ps(s0, s1), scale));
-    }
 }
 #endif
 
@@ -719,20 +688,11 @@ xr_code nn_dnnl_run(const nn_graph *g, const nn_node *n, nn_exec *x, xr_error *e
         if (dst != res)
             memcpy(dst, res, OUTV(0)->n_bytes);
     }
-#if defined(__x86_64__)
-    if (n->silu_gap) { /* instead of the pooling primitive */
-        const nn_value *in = IN(0);
-        silu_gap_avx2(nn_ptr(g, x, n->in[0]), nn_ptr(g, x, n->out[0]),
-                      (size_t)(in->n_bytes / sizeof(float) / 8 / (in->dims[2] * in->dims[3])),
-                      (size_t)(in->dims[2] * in->dims[3]));
-        return XR_OK;
-    }
-#endif
     CK(dnnl_primitive_execute(n->prim, x->stream, n->n_args, args), "execute");
     CK(dnnl_stream_wait(x->stream), "execute");
     if (strcmp(n->op_type, "Gemm") == 0)
         gemm_post(g, n, x);
-    if (n->silu_after && !n->silu_deferred) /* blocked: padding lanes hold 0, silu(0) = 0 */
+    if (n->silu_after) /* blocked layouts: padding lanes hold 0, and silu(0) = 0 */
         silu_pass(nn_ptr(g, x, n->out[0]), OUTV(0)->n_bytes / sizeof(float));
 out:
     return rc;
@@ -848,56 +808,6 @@ static void set_layout(const nn_node *n, nn_value *y, const dnnl_memory_desc_t *
         y->n_bytes = dnnl_memory_desc_get_size(md);
 }
 
-/* Whether live node i reads value v (inputs, residual, layout reorders). */
-static bool node_reads(const nn_node *r, int v)
-{
-    if (r->dead)
-        return false;
-    for (int k = 0; k < r->n_in; k++)
-        if (r->in[k] == v)
-            return true;
-    for (int k = 0; k < r->n_pre; k++)
-        if (r->pre[k].src == v)
-            return true;
-    return r->sum_in == v;
-}
-
-/*
- * Squeeze-excitation reads a Conv's SiLU output twice: GlobalAveragePool, then Mul. When the
- * pool is the first reader and the tensor is nChw8c, the pool applies the Conv's SiLU pass in
- * place while it sums, so the tensor is read once for both (docs/nn.md "SiLU").
- */
-static void silu_gap_setup(nn_graph *g, nn_node *n, const dnnl_memory_desc_t *dmd)
-{
-    const nn_value *x = IN(0), *y = OUTV(0);
-    int pi = x->producer;
-    if (pi < 0 || x->is_output || x->rank != 4 || x->dtype != NN_DTYPE_FLOAT || n->n_pre)
-        return;
-    nn_node *cv = &g->nodes[pi];
-    if (cv->dead || !cv->silu_after || cv->silu_deferred || cv->out[0] != n->in[0])
-        return;
-    for (nn_node *r = cv + 1; r < n; r++)
-        if (node_reads(r, n->in[0]))
-            return;
-    dnnl_dims_t xd = {x->dims[0], x->dims[1], x->dims[2], x->dims[3]};
-    dnnl_dims_t yd = {y->dims[0], y->dims[1], 1, 1};
-    dnnl_memory_desc_t want;
-    if (y->rank != 4 || y->dims[2] != 1 || y->dims[3] != 1 ||
-        dnnl_memory_desc_init_by_tag(&want, 4, xd, dnnl_f32, dnnl_aBcd8b) != dnnl_success ||
-        !dnnl_memory_desc_equal(&want, &x->md))
-        return;
-    /* the output as [N, C/8, 8] (nChw8c), or plain when that is the same bytes */
-    bool ok = dnnl_memory_desc_init_by_tag(&want, 4, yd, dnnl_f32, dnnl_aBcd8b) == dnnl_success &&
-              dnnl_memory_desc_equal(&want, dmd);
-    if (!ok && y->dims[1] % 8 == 0)
-        ok = dnnl_memory_desc_init_by_tag(&want, 4, yd, dnnl_f32, dnnl_abcd) == dnnl_success &&
-             dnnl_memory_desc_equal(&want, dmd);
-    if (!ok)
-        return;
-    n->silu_gap = true;
-    cv->silu_deferred = true;
-}
-
 /*
  * MaxPool (no Indices) and GlobalAveragePool on a blocked input run as oneDNN pooling in that
  * layout, so a chain of convolutions is not broken by reorders; on plain input the reference
@@ -944,8 +854,6 @@ xr_code nn_pool_prepare(nn_graph *g, nn_node *n, xr_error *err)
     dnnl_primitive_attr_destroy(attr);
     dmd = *dnnl_primitive_desc_query_md(pd, dnnl_query_dst_md, 0);
     set_layout(n, y, &dmd);
-    if (gap)
-        silu_gap_setup(g, n, &dmd);
     add_arg(n, DNNL_ARG_SRC, n->in[0], &x->md, NULL);
     add_arg(n, DNNL_ARG_DST, n->out[0], &dmd, NULL);
     rc = finish_pd(g, n, pd, -1, NULL, err);

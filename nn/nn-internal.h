@@ -149,8 +149,6 @@ struct nn_node {
     int bias_in;                  /* MatMul: constant bias vector fused from an Add, else -1 */
     bool post_add_c;              /* Gemm: beta*C added after the primitive (runtime C) */
     bool silu_after;              /* Conv: the last post-op (SiLU) runs as nn's own pass */
-    bool silu_deferred;           /* Conv: ...done by the GlobalAveragePool that reads it first */
-    bool silu_gap;                /* GlobalAveragePool: applies that SiLU in place as it sums */
 };
 
 typedef struct nn_op {
