@@ -5,9 +5,13 @@
  * Every primitive uses a user scratchpad so that concurrent sessions never share one.
  */
 #include <math.h>
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #include "nn-internal.h"
 
@@ -83,13 +87,14 @@ static xr_code make_attr(nn_node *n, dnnl_primitive_attr_t *ret, xr_error *err)
     xr_code rc = XR_OK;
     dnnl_primitive_attr_t attr = NULL;
     dnnl_post_ops_t po = NULL;
+    int n_post = n->n_post - (n->silu_after ? 1 : 0); /* that one runs after the primitive */
     CK(dnnl_primitive_attr_create(&attr), "attr");
     CK(dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user), "scratchpad");
     if (n->out_scale != 0.0f)
         CK(dnnl_primitive_attr_set_output_scales(attr, 1, 0, &n->out_scale), "output scale");
-    if (n->n_post) {
+    if (n_post) {
         CK(dnnl_post_ops_create(&po), "post-ops");
-        for (int i = 0; i < n->n_post; i++) {
+        for (int i = 0; i < n_post; i++) {
             const nn_post *p = &n->post[i];
             if (p->kind == NN_POST_SUM)
                 CK(dnnl_post_ops_append_sum(po, 1.0f), "sum post-op");
@@ -299,6 +304,73 @@ xr_code nn_layout_fixup(nn_graph *g, xr_error *err)
     return rc;
 }
 
+/* ---------------------------------------------------------------- SiLU pass */
+
+#if defined(__x86_64__)
+/* y = x / (1 + exp(-x)), 8 lanes at a time: exp by 2^k * polynomial on [-ln2/2, ln2/2] (the
+ * Cephes expf coefficients; relative error ~1.3e-7 overall); -x is clamped to +-88.38 so exp
+ * neither overflows nor underflows (silu(x) for x < -88 is ~0 either way). */
+__attribute__((target("avx2,fma"))) static void silu_avx2(float *p, size_t n)
+{
+    const __m256 hi = _mm256_set1_ps(88.3762626647949f), lo = _mm256_set1_ps(-88.3762626647949f);
+    const __m256 log2e = _mm256_set1_ps(1.44269504088896341f), one = _mm256_set1_ps(1.0f);
+    const __m256 ln2_hi = _mm256_set1_ps(0.693359375f), ln2_lo = _mm256_set1_ps(-2.12194440e-4f);
+    const __m256 c0 = _mm256_set1_ps(1.9875691500e-4f), c1 = _mm256_set1_ps(1.3981999507e-3f),
+                 c2 = _mm256_set1_ps(8.3334519073e-3f), c3 = _mm256_set1_ps(4.1665795894e-2f),
+                 c4 = _mm256_set1_ps(1.6666665459e-1f), c5 = _mm256_set1_ps(5.0000001201e-1f);
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 x = _mm256_loadu_ps(p + i);
+        __m256 t = _mm256_max_ps(_mm256_min_ps(_mm256_sub_ps(_mm256_setzero_ps(), x), hi), lo);
+        __m256 k = _mm256_round_ps(_mm256_mul_ps(t, log2e),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        __m256 r = _mm256_fnmadd_ps(k, ln2_hi, t);
+        r = _mm256_fnmadd_ps(k, ln2_lo, r);
+        __m256 e = _mm256_fmadd_ps(c0, r, c1);
+        e = _mm256_fmadd_ps(e, r, c2);
+        e = _mm256_fmadd_ps(e, r, c3);
+        e = _mm256_fmadd_ps(e, r, c4);
+        e = _mm256_fmadd_ps(e, r, c5);
+        e = _mm256_fmadd_ps(e, _mm256_mul_ps(r, r), _mm256_add_ps(r, one));
+        __m256i pw = _mm256_slli_epi32(
+            _mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
+        e = _mm256_mul_ps(e, _mm256_castsi256_ps(pw));
+        _mm256_storeu_ps(p + i, _mm256_div_ps(x, _mm256_add_ps(one, e)));
+    }
+    for (; i < n; i++)
+        p[i] = p[i] / (1.0f + expf(-p[i]));
+}
+#endif
+
+/* Whether this CPU runs the SiLU pass (else oneDNN's swish post-op stays). */
+static bool silu_pass_available(void)
+{
+#if defined(__x86_64__)
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+    return false;
+#endif
+}
+
+/* SiLU in place over n floats, split over the session's threads in 64-byte-aligned chunks. */
+static void silu_pass(float *p, size_t n)
+{
+#if defined(__x86_64__)
+    int nt = omp_get_max_threads();
+#pragma omp parallel num_threads(nt)
+    {
+        size_t t = (size_t)omp_get_thread_num(), k = (size_t)omp_get_num_threads();
+        size_t chunk = ((n + k - 1) / k + 15) & ~(size_t)15;
+        size_t s = t * chunk, e = s + chunk < n ? s + chunk : n;
+        if (s < n)
+            silu_avx2(p + s, e - s);
+    }
+#else
+    (void)p;
+    (void)n;
+#endif
+}
+
 xr_code nn_conv_prepare(nn_graph *g, nn_node *n, xr_error *err)
 {
     xr_code rc;
@@ -348,6 +420,10 @@ xr_code nn_conv_prepare(nn_graph *g, nn_node *n, xr_error *err)
     dnnl_primitive_attr_t attr = NULL;
     dnnl_primitive_desc_t pd = NULL;
     dnnl_convolution_desc_t cd;
+    const nn_post *last = n->n_post ? &n->post[n->n_post - 1] : NULL;
+    n->silu_after = last && last->kind == NN_POST_ELTWISE && last->alg == dnnl_eltwise_swish &&
+                    last->alpha == 1.0f && y->dtype == NN_DTYPE_FLOAT &&
+                    y->n_elems >= NN_SILU_PASS_MIN_ELEMS && silu_pass_available();
     if ((rc = make_attr(n, &attr, err)))
         return rc;
     for (int attempt = 0; attempt < 2; attempt++) {
@@ -693,6 +769,8 @@ xr_code nn_dnnl_run(const nn_graph *g, const nn_node *n, nn_exec *x, xr_error *e
     CK(dnnl_stream_wait(x->stream), "execute");
     if (strcmp(n->op_type, "Gemm") == 0)
         gemm_post(g, n, x);
+    if (n->silu_after) /* blocked layouts: padding lanes hold 0, and silu(0) = 0 */
+        silu_pass(nn_ptr(g, x, n->out[0]), OUTV(0)->n_bytes / sizeof(float));
 out:
     return rc;
 }

@@ -53,6 +53,10 @@
 #define NN_MATMUL_NK_ROWS 32
 /* Reference copy kernels (Transpose, Slice) split work over threads from this size on. */
 #define NN_PARALLEL_MIN_ELEMS (INT64_C(1) << 16)
+/* A Conv whose last post-op is SiLU and whose output has at least this many elements applies
+ * it in a pass of its own (AVX2) rather than as oneDNN's swish post-op, which costs twice as
+ * much per element; below it the pass's thread start-up outweighs the gain (docs/nn.md "SiLU"). */
+#define NN_SILU_PASS_MIN_ELEMS 16384
 
 typedef struct nn_graph nn_graph;
 typedef struct nn_node nn_node;
@@ -159,6 +163,7 @@ struct nn_node {
     nn_view out_view;             /* MatMul: result written in place into out[0] */
     float out_scale;              /* MatMul: scalar factor folded from an operand (0: none) */
     bool post_add_c;              /* Gemm: beta*C added after the primitive (runtime C) */
+    bool silu_after;              /* Conv: the last post-op (SiLU) runs as nn's own pass */
 };
 
 typedef struct nn_op {
