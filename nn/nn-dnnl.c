@@ -510,19 +510,6 @@ out:
     return rc;
 }
 
-static void view_plain_of(nn_view *v, const nn_value *val)
-{
-    int64_t st = 1;
-    v->on = false;
-    v->rank = val->rank;
-    v->offset = 0;
-    for (int d = val->rank - 1; d >= 0; d--) {
-        v->dims[d] = val->dims[d];
-        v->strides[d] = st;
-        st *= val->dims[d];
-    }
-}
-
 /* md of a strided view (nn-opt.c absorb_views) */
 static xr_code view_md(const nn_node *n, const nn_view *v, dnnl_memory_desc_t *md, xr_error *err)
 {
@@ -554,15 +541,15 @@ static xr_code matmul_views_prepare(nn_graph *g, nn_node *n, xr_error *err)
     if (n->in_view[0].on)
         va = n->in_view[0];
     else
-        view_plain_of(&va, a);
+        nn_view_plain(&va, a);
     if (n->in_view[1].on)
         vb = n->in_view[1];
     else
-        view_plain_of(&vb, b);
+        nn_view_plain(&vb, b);
     if (n->out_view.on)
         vy = n->out_view;
     else
-        view_plain_of(&vy, y);
+        nn_view_plain(&vy, y);
     if (a->blocked || b->blocked || y->blocked || va.rank != vb.rank || va.rank != vy.rank)
         return xr_error_set(err, XR_E_INTERNAL, "node \"%s\" (MatMul): in-place operands of "
                             "another layout or rank", n->name);

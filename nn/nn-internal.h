@@ -262,3 +262,5 @@ xr_code nn_pre_run(const nn_graph *g, const nn_node *n, nn_exec *x, xr_error *er
 
 /* nn-opt.c: fusions; returns the number of nodes absorbed. */
 size_t nn_graph_optimize(nn_graph *g);
+/* v = val's own row-major layout, as a view that is on */
+void nn_view_plain(nn_view *v, const nn_value *val);

@@ -477,7 +477,7 @@ static size_t transpose_views(nn_graph *g)
  * slower than on copies; at batch 1 (2,304 apart) they cost the same. */
 #define NN_VIEW_MAX_STRIDE 4096
 
-static void view_plain(nn_view *v, const nn_value *val)
+void nn_view_plain(nn_view *v, const nn_value *val)
 {
     int64_t s = 1;
     v->on = true;
@@ -632,7 +632,7 @@ static size_t absorb_operand(nn_graph *g, nn_node *n, int k)
             continue;
         nn_view view;
         float scale = 1.0f;
-        view_plain(&view, &g->values[base]);
+        nn_view_plain(&view, &g->values[base]);
         bool ok = true;
         for (int i = depth - 1; i >= 0 && ok; i--)
             ok = view_step(g, chain[i], &view, &scale);
@@ -675,7 +675,7 @@ static size_t absorb_views(nn_graph *g)
             continue;
         const nn_value *ty = &g->values[t->out[0]];
         nn_view tv, yv;
-        view_plain(&tv, ty);
+        nn_view_plain(&tv, ty);
         yv = tv;
         for (int d = 0; d < ty->rank; d++) {
             yv.dims[t->a.axes[d]] = tv.dims[d];
