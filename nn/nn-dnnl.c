@@ -376,6 +376,8 @@ xr_code nn_conv_prepare(nn_graph *g, nn_node *n, xr_error *err)
     xr_code rc;
     const nn_value *x = IN(0), *w = IN(1), *y = OUTV(0);
     dnnl_memory_desc_t smd, dmd, wmd, wuser, bmd, xmd;
+    dnnl_primitive_attr_t attr = NULL; /* before the first CK: its "goto out" frees them */
+    dnnl_primitive_desc_t pd = NULL;
     if ((rc = value_md(n, x, &xmd, err)))
         return rc;
     /* weights: [G, OC/G, IC/G, k...] when grouped */
@@ -417,8 +419,6 @@ xr_code nn_conv_prepare(nn_graph *g, nn_node *n, xr_error *err)
     }
     bool plain_out = y->is_output || !w->data ||
                      (n->sum_in >= 0 && !g->values[n->sum_in].blocked);
-    dnnl_primitive_attr_t attr = NULL;
-    dnnl_primitive_desc_t pd = NULL;
     dnnl_convolution_desc_t cd;
     const nn_post *last = n->n_post ? &n->post[n->n_post - 1] : NULL;
     n->silu_after = last && last->kind == NN_POST_ELTWISE && last->alg == dnnl_eltwise_swish &&
