@@ -290,8 +290,9 @@ xr_code nn_layout_fixup(nn_graph *g, xr_error *err)
         if (n->dead)
             continue;
         /* these oneDNN steps read any layout; MatMul/Gemm and reference kernels want plain */
-        bool any = n->prim && (strcmp(n->op_type, "Conv") == 0 || strcmp(n->op_type, "Add") == 0 ||
-                               strcmp(n->op_type, "Mul") == 0 || strstr(n->op_type, "Pool"));
+        bool any = (n->prim && (strcmp(n->op_type, "Conv") == 0 || strcmp(n->op_type, "Add") == 0 ||
+                                strcmp(n->op_type, "Mul") == 0 || strstr(n->op_type, "Pool"))) ||
+                   n->op == &nn_op_squeeze_excitation; /* reads nChw8c itself */
         for (int k = any ? n->n_in : 0; k < n->n_in; k++) {
             if (n->in[k] < 0 || !g->values[n->in[k]].blocked)
                 continue;
@@ -310,7 +311,7 @@ xr_code nn_layout_fixup(nn_graph *g, xr_error *err)
 /* y = x / (1 + exp(-x)), 8 lanes at a time: exp by 2^k * polynomial on [-ln2/2, ln2/2] (the
  * Cephes expf coefficients; relative error ~1.3e-7 overall); -x is clamped to +-88.38 so exp
  * neither overflows nor underflows (silu(x) for x < -88 is ~0 either way). */
-__attribute__((target("avx2,fma"))) static void silu_avx2(float *p, size_t n)
+__attribute__((target("avx2,fma"))) static inline __m256 exp_neg_avx2(__m256 x)
 {
     const __m256 hi = _mm256_set1_ps(88.3762626647949f), lo = _mm256_set1_ps(-88.3762626647949f);
     const __m256 log2e = _mm256_set1_ps(1.44269504088896341f), one = _mm256_set1_ps(1.0f);
@@ -318,27 +319,66 @@ __attribute__((target("avx2,fma"))) static void silu_avx2(float *p, size_t n)
     const __m256 c0 = _mm256_set1_ps(1.9875691500e-4f), c1 = _mm256_set1_ps(1.3981999507e-3f),
                  c2 = _mm256_set1_ps(8.3334519073e-3f), c3 = _mm256_set1_ps(4.1665795894e-2f),
                  c4 = _mm256_set1_ps(1.6666665459e-1f), c5 = _mm256_set1_ps(5.0000001201e-1f);
+    __m256 t = _mm256_max_ps(_mm256_min_ps(_mm256_sub_ps(_mm256_setzero_ps(), x), hi), lo);
+    __m256 k = _mm256_round_ps(_mm256_mul_ps(t, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(k, ln2_hi, t);
+    r = _mm256_fnmadd_ps(k, ln2_lo, r);
+    __m256 e = _mm256_fmadd_ps(c0, r, c1);
+    e = _mm256_fmadd_ps(e, r, c2);
+    e = _mm256_fmadd_ps(e, r, c3);
+    e = _mm256_fmadd_ps(e, r, c4);
+    e = _mm256_fmadd_ps(e, r, c5);
+    e = _mm256_fmadd_ps(e, _mm256_mul_ps(r, r), _mm256_add_ps(r, one));
+    __m256i pw = _mm256_slli_epi32(
+        _mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(e, _mm256_castsi256_ps(pw));
+}
+
+__attribute__((target("avx2,fma"))) static void silu_avx2(float *p, size_t n)
+{
+    const __m256 one = _mm256_set1_ps(1.0f);
     size_t i = 0;
     for (; i + 8 <= n; i += 8) {
         __m256 x = _mm256_loadu_ps(p + i);
-        __m256 t = _mm256_max_ps(_mm256_min_ps(_mm256_sub_ps(_mm256_setzero_ps(), x), hi), lo);
-        __m256 k = _mm256_round_ps(_mm256_mul_ps(t, log2e),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-        __m256 r = _mm256_fnmadd_ps(k, ln2_hi, t);
-        r = _mm256_fnmadd_ps(k, ln2_lo, r);
-        __m256 e = _mm256_fmadd_ps(c0, r, c1);
-        e = _mm256_fmadd_ps(e, r, c2);
-        e = _mm256_fmadd_ps(e, r, c3);
-        e = _mm256_fmadd_ps(e, r, c4);
-        e = _mm256_fmadd_ps(e, r, c5);
-        e = _mm256_fmadd_ps(e, _mm256_mul_ps(r, r), _mm256_add_ps(r, one));
-        __m256i pw = _mm256_slli_epi32(
-            _mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
-        e = _mm256_mul_ps(e, _mm256_castsi256_ps(pw));
-        _mm256_storeu_ps(p + i, _mm256_div_ps(x, _mm256_add_ps(one, e)));
+        _mm256_storeu_ps(p + i, _mm256_div_ps(x, _mm256_add_ps(one, exp_neg_avx2(x))));
     }
     for (; i < n; i++)
         p[i] = p[i] / (1.0f + expf(-p[i]));
+}
+
+/* p[i] = 1 / (1 + exp(-p[i])) */
+__attribute__((target("avx2,fma"))) static void sigmoid_avx2(float *p, size_t n)
+{
+    const __m256 one = _mm256_set1_ps(1.0f);
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(p + i, _mm256_div_ps(one, _mm256_add_ps(one, exp_neg_avx2(
+                                                                    _mm256_loadu_ps(p + i)))));
+    for (; i < n; i++)
+        p[i] = 1.0f / (1.0f + expf(-p[i]));
+}
+
+/* nChw8c: per 8-channel block, the mean over hw pixels, and the scaling by s */
+__attribute__((target("avx2,fma"))) static void pool8_avx2(const float *p, int64_t hw, float inv,
+                                                           float *mean)
+{
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 2 <= hw; i += 2) {
+        a0 = _mm256_add_ps(a0, _mm256_loadu_ps(p + i * 8));
+        a1 = _mm256_add_ps(a1, _mm256_loadu_ps(p + i * 8 + 8));
+    }
+    if (i < hw)
+        a0 = _mm256_add_ps(a0, _mm256_loadu_ps(p + i * 8));
+    _mm256_storeu_ps(mean, _mm256_mul_ps(_mm256_add_ps(a0, a1), _mm256_set1_ps(inv)));
+}
+
+__attribute__((target("avx2,fma"))) static void scale8_avx2(const float *p, int64_t hw,
+                                                            const float *s, float *q)
+{
+    __m256 sv = _mm256_loadu_ps(s);
+    for (int64_t i = 0; i < hw; i++)
+        _mm256_storeu_ps(q + i * 8, _mm256_mul_ps(_mm256_loadu_ps(p + i * 8), sv));
 }
 #endif
 
@@ -370,6 +410,155 @@ static void silu_pass(float *p, size_t n)
     (void)n;
 #endif
 }
+
+/* ---------------------------------------------------------------- squeeze-excitation */
+
+#if defined(__x86_64__)
+__attribute__((target("avx2,fma"))) static float dot_avx2(const float *a, const float *b,
+                                                          int64_t n)
+{
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+    }
+    for (; i + 8 <= n; i += 8)
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+    __m256 s = _mm256_add_ps(s0, s1);
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_add_ss(h, _mm_movehdup_ps(h));
+    float r = _mm_cvtss_f32(h);
+    for (; i < n; i++)
+        r += a[i] * b[i];
+    return r;
+}
+#endif
+
+static float dot(const float *a, const float *b, int64_t n)
+{
+#if defined(__x86_64__)
+    if (silu_pass_available())
+        return dot_avx2(a, b, n);
+#endif
+    float r = 0.0f;
+    for (int64_t i = 0; i < n; i++)
+        r += a[i] * b[i];
+    return r;
+}
+
+static void set_layout(const nn_node *n, nn_value *y, const dnnl_memory_desc_t *md);
+
+/* SiLU (silu) or Sigmoid in place over n floats. */
+static void act(float *p, int64_t n, bool silu)
+{
+#if defined(__x86_64__)
+    if (silu_pass_available()) {
+        if (silu)
+            silu_avx2(p, (size_t)n);
+        else
+            sigmoid_avx2(p, (size_t)n);
+        return;
+    }
+#endif
+    for (int64_t i = 0; i < n; i++)
+        p[i] = silu ? p[i] / (1.0f + expf(-p[i])) : 1.0f / (1.0f + expf(-p[i]));
+}
+
+/* Layout of x (and y): plain NCHW, or oneDNN's nChw8c (channels padded to 8 with zeros);
+ * any other blocked layout is reordered to plain first. */
+static xr_code se_prepare(nn_graph *g, nn_node *n, xr_error *err)
+{
+    xr_code rc = XR_OK;
+    const nn_value *x = IN(0);
+    int64_t cp = (x->dims[1] + 7) / 8 * 8;
+    n->a.i1 = 0;
+    /* means and scales per sample (channels padded to 8), the hidden layer */
+    n->scratch_bytes = (size_t)(x->dims[0] * (2 * cp + IN(1)->dims[0])) * sizeof(float);
+    if (x->blocked) {
+        dnnl_memory_desc_t b8;
+        dnnl_dims_t d = {x->dims[0], x->dims[1], x->dims[2], x->dims[3]};
+        CK(dnnl_memory_desc_init_by_tag(&b8, 4, d, dnnl_f32, dnnl_aBcd8b), "squeeze-excitation");
+        if (dnnl_memory_desc_equal(&b8, &x->md)) {
+            n->a.i1 = 8;
+            set_layout(n, OUTV(0), &x->md);
+            return XR_OK;
+        }
+        dnnl_memory_desc_t p;
+        if ((rc = plain_md(n, &p, 4, x->dims, err)) || (rc = add_pre(g, n, &n->in[0], &p, err)))
+            return rc;
+    }
+out:
+    return rc;
+}
+
+/* y = x * sigmoid(W2 silu(W1 mean(x) + b1) + b2), per sample, over channels; the sweeps over x
+ * run on the session's threads over (sample, channel block) pairs. */
+static xr_code se_run(const nn_graph *g, const nn_node *n, nn_exec *xe, xr_error *err)
+{
+    (void)err;
+    const nn_value *xv = IN(0);
+    int64_t nb = xv->dims[0], c = xv->dims[1], hw = xv->dims[2] * xv->dims[3];
+    int64_t cr = IN(1)->dims[0], blk = n->a.i1 ? n->a.i1 : 1, cp = (c + blk - 1) / blk * blk;
+    int64_t nblk = cp / blk, total = nb * nblk;
+    const float *x = nn_ptr(g, xe, n->in[0]), *w1 = nn_ptr(g, xe, n->in[1]),
+                *w2 = nn_ptr(g, xe, n->in[3]);
+    const float *b1 = HAS(2) ? nn_ptr(g, xe, n->in[2]) : NULL;
+    const float *b2 = HAS(4) ? nn_ptr(g, xe, n->in[4]) : NULL;
+    float *y = nn_ptr(g, xe, n->out[0]);
+    float *mean = xe->scratch, *sc = mean + nb * cp, *hid = sc + nb * cp; /* se_prepare */
+    float inv = 1.0f / (float)hw;
+    bool v8 = blk == 8 && silu_pass_available();
+    /* at 7x7 a block is a few KB: below NN_SE_PARALLEL_MIN_ELEMS a second thread costs more */
+    bool par = total > 1 && nb * cp * hw >= NN_SE_PARALLEL_MIN_ELEMS;
+#pragma omp parallel for schedule(static) if (par)
+    for (int64_t t = 0; t < total; t++) {
+        const float *p = x + t * blk * hw;
+        float *m = mean + t * blk;
+#if defined(__x86_64__)
+        if (v8) {
+            pool8_avx2(p, hw, inv, m);
+            continue;
+        }
+#endif
+        float acc[8] = {0};
+        for (int64_t i = 0; i < hw; i++)
+            for (int64_t j = 0; j < blk; j++)
+                acc[j] += p[i * blk + j];
+        for (int64_t j = 0; j < blk; j++)
+            m[j] = acc[j] * inv;
+    }
+    for (int64_t s = 0; s < nb; s++) {
+        float *h = hid + s * cr, *z = sc + s * cp;
+        for (int64_t o = 0; o < cr; o++)
+            h[o] = dot(w1 + o * c, mean + s * cp, c) + (b1 ? b1[o] : 0.0f);
+        act(h, cr, true);
+        for (int64_t o = 0; o < c; o++)
+            z[o] = dot(w2 + o * cr, h, cr) + (b2 ? b2[o] : 0.0f);
+        act(z, c, false);
+        for (int64_t o = c; o < cp; o++)
+            z[o] = 0.0f; /* padding lanes stay 0 */
+    }
+#pragma omp parallel for schedule(static) if (par)
+    for (int64_t t = 0; t < total; t++) {
+        const float *p = x + t * blk * hw, *z = sc + t * blk;
+        float *q = y + t * blk * hw;
+#if defined(__x86_64__)
+        if (v8) {
+            scale8_avx2(p, hw, z, q);
+            continue;
+        }
+#endif
+        for (int64_t i = 0; i < hw; i++)
+            for (int64_t j = 0; j < blk; j++)
+                q[i * blk + j] = p[i * blk + j] * z[j];
+    }
+    return XR_OK;
+}
+
+const nn_op nn_op_squeeze_excitation = {"SqueezeExcitation", 5, 5, 1, 1, NULL, se_run,
+                                        se_prepare, false};
 
 xr_code nn_conv_prepare(nn_graph *g, nn_node *n, xr_error *err)
 {

@@ -57,6 +57,8 @@
  * it in a pass of its own (AVX2) rather than as oneDNN's swish post-op, which costs twice as
  * much per element; below it the pass's thread start-up outweighs the gain (docs/nn.md "SiLU"). */
 #define NN_SILU_PASS_MIN_ELEMS 16384
+/* The squeeze-excitation step splits its sweeps over threads from this many elements on. */
+#define NN_SE_PARALLEL_MIN_ELEMS (INT64_C(1) << 16)
 
 typedef struct nn_graph nn_graph;
 typedef struct nn_node nn_node;
@@ -259,6 +261,10 @@ void nn_node_dnnl_free(nn_node *n);
 xr_code nn_layout_fixup(nn_graph *g, xr_error *err);
 /* Run n's layout reorders (session memory objects after its argument slots). */
 xr_code nn_pre_run(const nn_graph *g, const nn_node *n, nn_exec *x, xr_error *err);
+
+/* nn-dnnl.c: GlobalAveragePool, Conv 1x1 + SiLU, Conv 1x1 + Sigmoid and the Mul that scales
+ * by it, as one step (made only by nn-opt.c; inputs x, W1, b1, W2, b2). */
+extern const nn_op nn_op_squeeze_excitation;
 
 /* nn-opt.c: fusions; returns the number of nodes absorbed. */
 size_t nn_graph_optimize(nn_graph *g);
