@@ -481,6 +481,39 @@ unsigned jpeg_precision(const uint8_t *d, size_t n)
     return 0;
 }
 
+/*
+ * DCMTK 3.6.7 reads each JPEG frame's bit depth (DJCodecDecoder::scanJpegDataForBitDepth) by
+ * walking markers until a frame header; at a TEM marker (0xFF01) it does not advance and loops
+ * forever (found by fuzzing: a 1 KB file hung the decoder). This walks the markers by the same
+ * rules and returns the offset of a TEM that walk would reach, or -1 when it ends (at a frame
+ * header, an invalid marker or the end).
+ */
+long dcmtk_jpeg_tem_offset(const uint8_t *d, size_t n)
+{
+    size_t i = 0;
+    while (i + 4 < n) {
+        if (d[i] != 0xff)
+            return -1;
+        uint8_t m = d[i + 1];
+        size_t seg = 2 + ((size_t)d[i + 2] << 8 | d[i + 3]);
+        if (m == 0x01)
+            return (long)i;
+        if (m == 0xff)
+            i += 1;
+        else if ((m >= 0xc0 && m <= 0xcf) && m != 0xc4 && m != 0xc8 && m != 0xcc)
+            return -1; /* a frame header: the walk stops */
+        else if (m == 0xc4 || m == 0xc8 || m == 0xcc || (m >= 0xda && m <= 0xfe))
+            i += seg;
+        else if (m >= 0xd0 && m <= 0xd9)
+            i += 2;
+        else if (m > 0x02 && m <= 0xbf)
+            i += 2; /* reserved markers */
+        else
+            return -1;
+    }
+    return -1;
+}
+
 struct FrameReader {
     Object &o;
     RawBuf<uint8_t> buf;          /* one frame as the decoder writes it */
@@ -531,6 +564,19 @@ struct FrameReader {
         buf.resize((size_t)a.rows * a.columns * a.samples * (a.bits_allocated / 8) + 2);
         jpeg_bytes = a.bits_allocated / 8;
         if (a.codec == Codec::DCMTK_JPEG) {
+            /* every fragment may start a frame: none may hold what hangs DCMTK's scanner */
+            for (unsigned long k = 1; k < seq->card(); k++) {
+                DcmPixelItem *fi = nullptr;
+                Uint8 *fd = nullptr;
+                if (seq->getItem(fi, k).bad() || !fi || fi->getUint8Array(fd).bad() || !fd)
+                    continue;
+                long t = dcmtk_jpeg_tem_offset(fd, fi->getLength());
+                if (t >= 0)
+                    return fail(err, XR_E_INPUT, o.src,
+                                "JPEG fragment %lu has a TEM marker (0xFF01) at byte %ld "
+                                "before its frame header; expected a SOF marker first",
+                                k, t);
+            }
             /* DCMTK's JPEG decoder writes bytes or words by the JPEG precision, not by Bits
              * Allocated; both disagree in some real files. */
             DcmPixelItem *it = nullptr;

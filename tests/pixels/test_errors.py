@@ -164,3 +164,16 @@ def test_deflated_length_claim_is_not_allocated(tmp_path):
                        timeout=60, preexec_fn=None if asan else limit_memory)
     assert r.returncode == 1
     assert "input: " in r.stderr and "the data ends inside an element" in r.stderr, r.stderr
+
+
+def test_jpeg_tem_marker_before_frame_header_is_refused_not_hung(tmp_path):
+    """DCMTK 3.6.7's JPEG bit-depth scan loops forever on a TEM marker (0xFF01) before the frame
+    header (found by the 60 s fuzz run); xreg refuses such a fragment before DCMTK sees it."""
+    p = make(str(tmp_path / "tem.dcm"), "1.2.840.10008.1.2.4.50")
+    data = open(p, "rb").read()
+    frag = b"\xff\x4f\xff\x51" + b"\0" * 64
+    assert data.count(frag) == 1
+    open(p, "wb").write(data.replace(frag, b"\xff\xd8\xff\x01" + b"\0" * 64))
+    r = decode(p)  # would time out (60 s) if DCMTK got the fragment
+    assert r.returncode == 1, r.stderr
+    assert "JPEG fragment 1 has a TEM marker (0xFF01) at byte 2 before its frame header" in r.stderr
