@@ -755,6 +755,19 @@ classifier_file_params classifier_file_params_default(void)
     };
 }
 
+int classifier_file_signature(const char *path)
+{
+    unsigned char b[132] = {0};
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return -1;
+    size_t n = fread(b, 1, sizeof(b), f);
+    fclose(f);
+    nn_image_format fmt = nn_image_format_detect(b, n);
+    return fmt == NN_IMAGE_FORMAT_PNG || fmt == NN_IMAGE_FORMAT_JPEG ||
+           (n == 132 && memcmp(b + 128, "DICM", 4) == 0);
+}
+
 xr_code classifier_prepare_file(classifier_session *s, const char *path,
                                 const classifier_file_params *params, float *input,
                                 classifier_file_kind *ret_kind, xr_error *err)

@@ -162,6 +162,10 @@ typedef enum classifier_file_kind {
     CLASSIFIER_FILE_KIND_MAX,
 } classifier_file_kind;
 
+/* 1 when path starts like an image file (a PNG or JPEG signature, or a DICOM Part-10 preamble),
+ * 0 when not, -1 when it cannot be opened or read. */
+int classifier_file_signature(const char *path);
+
 /*
  * Read one image file and preprocess it into input: a PNG or JPEG signature goes to nn-image.h
  * (gray for a 1-channel model), anything else to dicom_image_read (first frame; modality LUT,

@@ -396,16 +396,8 @@ static int walk(const char *dir, char ***paths, size_t *n, size_t *cap)
  * or a data set dicom_header_read accepts (bare implicit VR files). READMEs, CSVs, TIFFs: no. */
 static bool is_image(const char *path)
 {
-    unsigned char b[132] = {0};
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return true; /* let the reader report why */
-    size_t n = fread(b, 1, sizeof(b), f);
-    fclose(f);
-    nn_image_format fmt = nn_image_format_detect(b, n);
-    if (fmt == NN_IMAGE_FORMAT_PNG || fmt == NN_IMAGE_FORMAT_JPEG ||
-        (n == 132 && memcmp(b + 128, "DICM", 4) == 0))
-        return true;
+    if (classifier_file_signature(path) != 0)
+        return true; /* an image, or unreadable: let the reader report why */
     dicom_header h;
     xr_error err = XR_ERROR_INIT;
     return dicom_header_read(path, &h, &err) == XR_OK ||

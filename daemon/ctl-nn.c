@@ -168,17 +168,9 @@ static void *read_all(const char *path, size_t *ret_n)
 /* PNG/JPEG signature or a DICOM Part-10 preamble: an image, not a raw tensor. */
 static bool is_image_file(const char *path)
 {
-    unsigned char b[132] = {0};
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return false;
-    size_t n = fread(b, 1, sizeof(b), f);
-    fclose(f);
-    nn_image_format fmt = nn_image_format_detect(b, n);
-    if (fmt == NN_IMAGE_FORMAT_PNG || fmt == NN_IMAGE_FORMAT_JPEG)
-        return true;
-    if (n == 132 && memcmp(b + 128, "DICM", 4) == 0)
-        return true;
+    int sig = classifier_file_signature(path);
+    if (sig != 0)
+        return sig > 0;
     size_t l = strlen(path);
     return l > 4 && strcasecmp(path + l - 4, ".dcm") == 0;
 }

@@ -186,14 +186,7 @@ void spool_shutdown(spool *sp)
 
 bool spool_sleep(spool *sp, int64_t timeout_ms)
 {
-    struct timespec deadline;
-    clock_gettime(CLOCK_MONOTONIC, &deadline);
-    deadline.tv_sec += timeout_ms / 1000;
-    deadline.tv_nsec += (timeout_ms % 1000) * 1000000;
-    if (deadline.tv_nsec >= 1000000000) {
-        deadline.tv_sec++;
-        deadline.tv_nsec -= 1000000000;
-    }
+    struct timespec deadline = deadline_after_ms(timeout_ms);
     pthread_mutex_lock(&sp->lock);
     while (!sp->shutdown) {
         if (pthread_cond_timedwait(&sp->cond, &sp->lock, &deadline) == ETIMEDOUT)

@@ -51,14 +51,13 @@
 /* Constant MatMul/Gemm weights are stored [N, K] when a sample has at least this many rows,
  * else [K, N] (measured with oneDNN 2.6's sgemm: docs/nn.md "Weight layouts"). */
 #define NN_MATMUL_NK_ROWS 32
-/* Reference copy kernels (Transpose, Slice) split work over threads from this size on. */
+/* nn's own kernels (Transpose, Slice, same-shape arithmetic, squeeze-excitation sweeps) split
+ * work over the session's threads from this many elements on. */
 #define NN_PARALLEL_MIN_ELEMS (INT64_C(1) << 16)
 /* A Conv whose last post-op is SiLU and whose output has at least this many elements applies
  * it in a pass of its own (AVX2) rather than as oneDNN's swish post-op, which costs twice as
  * much per element; below it the pass's thread start-up outweighs the gain (docs/nn.md "SiLU"). */
 #define NN_SILU_PASS_MIN_ELEMS 16384
-/* The squeeze-excitation step splits its sweeps over threads from this many elements on. */
-#define NN_SE_PARALLEL_MIN_ELEMS (INT64_C(1) << 16)
 
 typedef struct nn_graph nn_graph;
 typedef struct nn_node nn_node;

@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "dicom-test-util.h"
+#include "dicom.h"
 
 const char *tu_tool(const char *env)
 {
@@ -297,4 +298,41 @@ size_t tu_dataset_offset(const char *data, size_t n)
         (uint32_t)p[8] | (uint32_t)p[9] << 8 | (uint32_t)p[10] << 16 | (uint32_t)p[11] << 24;
     size_t off = 144 + (size_t)gl;
     return off <= n ? off : 0;
+}
+
+int tu_dicom_group_setup(void **state)
+{
+    (void)state;
+    xr_error err = XR_ERROR_INIT;
+    if (dicom_global_init(&err) != XR_OK) {
+        fprintf(stderr, "dicom_global_init: %s (%s)\n", err.msg, err.detail);
+        return -1;
+    }
+    return 0;
+}
+
+int tu_dicom_group_teardown(void **state)
+{
+    (void)state;
+    dicom_global_done();
+    return 0;
+}
+
+int tu_fixture_setup(void **state)
+{
+    struct tu_fixture *f = calloc(1, sizeof(*f));
+    if (!f)
+        return -1;
+    f->dir = tu_mkdtemp("xreg-dicom-test");
+    *state = f;
+    return 0;
+}
+
+int tu_fixture_teardown(void **state)
+{
+    struct tu_fixture *f = *state;
+    tu_rm_rf(f->dir);
+    free(f->dir);
+    free(f);
+    return 0;
 }

@@ -10,6 +10,19 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+/* cmocka group setup/teardown for tests of dicom/: dicom_global_init / dicom_global_done. */
+int tu_dicom_group_setup(void **state);
+int tu_dicom_group_teardown(void **state);
+
+/* cmocka per-test setup/teardown: *state is a struct tu_fixture with a fresh temporary dir. */
+struct tu_fixture {
+    char *dir;
+};
+int tu_fixture_setup(void **state);
+int tu_fixture_teardown(void **state);
+#define TU_WITH_DIR(test) \
+    cmocka_unit_test_setup_teardown(test, tu_fixture_setup, tu_fixture_teardown)
+
 /* Path of a tool from the environment variable env (set by meson); fails the test if unset. */
 const char *tu_tool(const char *env);
 

@@ -177,45 +177,6 @@ static void restore_address_space(struct rlimit old)
     assert_int_equal(setrlimit(RLIMIT_AS, &old), 0);
 }
 
-struct fixture {
-    char *dir;
-};
-
-static int setup(void **state)
-{
-    struct fixture *f = calloc(1, sizeof(*f));
-    f->dir = tu_mkdtemp("xreg-dicom-deflate");
-    *state = f;
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    struct fixture *f = *state;
-    tu_rm_rf(f->dir);
-    free(f->dir);
-    free(f);
-    return 0;
-}
-
-static int group_setup(void **state)
-{
-    (void)state;
-    xr_error err = XR_ERROR_INIT;
-    if (dicom_global_init(&err) != XR_OK) {
-        fprintf(stderr, "dicom_global_init: %s (%s)\n", err.msg, err.detail);
-        return -1;
-    }
-    return 0;
-}
-
-static int group_teardown(void **state)
-{
-    (void)state;
-    dicom_global_done();
-    return 0;
-}
-
 static void check_refused(xr_code rc, const xr_error *err, const char *name)
 {
     if (rc != XR_E_INPUT && rc != XR_E_LIMIT)
@@ -229,7 +190,7 @@ static void check_refused(xr_code rc, const xr_error *err, const char *name)
 
 static void test_huge_length_claim_is_refused(void **state)
 {
-    struct fixture *f = *state;
+    struct tu_fixture *f = *state;
     struct buf obj = huge_claim_object();
     assert_true(obj.n < 1024);
     char *path = tu_path(f->dir, "huge-claim.dcm");
@@ -267,7 +228,7 @@ static void test_fuzz_regression_input(void **state)
 
 static void test_normal_deflated_object_reads(void **state)
 {
-    struct fixture *f = *state;
+    struct tu_fixture *f = *state;
     struct buf ds = {0}, obj = {0};
     put_dataset(&ds, "chest two views");
     /* a value longer than DCMTK's 4 KiB read length: loaded from the inflated memfd later */
@@ -307,7 +268,7 @@ static void test_normal_deflated_object_reads(void **state)
 /* The deflated UID inside a data set (not the meta's Transfer Syntax UID) changes nothing. */
 static void test_deflated_uid_in_data_set_of_plain_object(void **state)
 {
-    struct fixture *f = *state;
+    struct tu_fixture *f = *state;
     struct buf obj = {0};
     put_meta(&obj, TS_EXPLICIT_LE);
     put_dataset(&obj, TS_DEFLATED);
@@ -354,12 +315,12 @@ static void test_truncated_deflate_stream(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_huge_length_claim_is_refused, setup, teardown),
+        TU_WITH_DIR(test_huge_length_claim_is_refused),
         cmocka_unit_test(test_fuzz_regression_input),
-        cmocka_unit_test_setup_teardown(test_normal_deflated_object_reads, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_deflated_uid_in_data_set_of_plain_object, setup,
-                                        teardown),
+        TU_WITH_DIR(test_normal_deflated_object_reads),
+        TU_WITH_DIR(test_deflated_uid_in_data_set_of_plain_object),
         cmocka_unit_test(test_truncated_deflate_stream),
     };
-    return cmocka_run_group_tests_name("dicom-deflate", tests, group_setup, group_teardown);
+    return cmocka_run_group_tests_name("dicom-deflate", tests, tu_dicom_group_setup,
+                                       tu_dicom_group_teardown);
 }

@@ -16,45 +16,6 @@
 #include "dicom-test-util.h"
 #include "dicom.h"
 
-struct fixture {
-    char *dir;
-};
-
-static int setup(void **state)
-{
-    struct fixture *f = calloc(1, sizeof(*f));
-    f->dir = tu_mkdtemp("xreg-dicom-header");
-    *state = f;
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    struct fixture *f = *state;
-    tu_rm_rf(f->dir);
-    free(f->dir);
-    free(f);
-    return 0;
-}
-
-static int group_setup(void **state)
-{
-    (void)state;
-    xr_error err = XR_ERROR_INIT;
-    if (dicom_global_init(&err) != XR_OK) {
-        fprintf(stderr, "dicom_global_init: %s (%s)\n", err.msg, err.detail);
-        return -1;
-    }
-    return 0;
-}
-
-static int group_teardown(void **state)
-{
-    (void)state;
-    dicom_global_done();
-    return 0;
-}
-
 static void check_cr_fields(const dicom_header *h, const char *ts)
 {
     assert_string_equal(h->sop_class_uid, TU_CR_SOP_CLASS);
@@ -104,7 +65,7 @@ static void expect_input_error(const char *path, const char *needle)
 
 static void test_good_file(void **state)
 {
-    struct fixture *f = *state;
+    struct tu_fixture *f = *state;
     char *path = tu_make_cr(f->dir, "cr.dcm", NULL, NULL, true);
     dicom_header h;
     xr_error err = XR_ERROR_INIT;
@@ -125,7 +86,7 @@ static void test_good_file(void **state)
 
 static void test_padding_and_image_laterality(void **state)
 {
-    struct fixture *f = *state;
+    struct tu_fixture *f = *state;
     /* Trailing spaces inside the value, ImageLaterality used when Laterality is absent. */
     char *path =
         tu_make_cr(f->dir, "pad.dcm",
@@ -140,7 +101,7 @@ static void test_padding_and_image_laterality(void **state)
 
 static void test_missing_attributes(void **state)
 {
-    struct fixture *f = *state;
+    struct tu_fixture *f = *state;
     char *path = tu_make_cr(f->dir, "min.dcm",
                             "(0020,000d) DEL\n(0020,000e) DEL\n(0020,0011) DEL\n(0020,0013) DEL\n"
                             "(0028,0010) DEL\n(0028,0011) DEL\n(0010,0010) DEL\n"
@@ -165,7 +126,7 @@ static void test_missing_attributes(void **state)
 
 static void test_missing_sop_uids(void **state)
 {
-    struct fixture *f = *state;
+    struct tu_fixture *f = *state;
     /* One of the two missing: a parseable object the caller refuses (A900), not garbage. */
     dicom_header h;
     xr_error err = XR_ERROR_INIT;
@@ -187,7 +148,7 @@ static void test_missing_sop_uids(void **state)
 
 static void test_garbage(void **state)
 {
-    struct fixture *f = *state;
+    struct tu_fixture *f = *state;
     char *path = tu_path(f->dir, "garbage.bin");
 
     /* Pseudo-random bytes, several seeds. */
@@ -221,7 +182,7 @@ static void test_garbage(void **state)
 
 static void test_meta_header_then_garbage(void **state)
 {
-    struct fixture *f = *state;
+    struct tu_fixture *f = *state;
     /*
      * What the SCP writes when a peer sends "this is not dicom\n" as a data set: a valid meta
      * header followed by those bytes.
@@ -254,7 +215,7 @@ static void test_meta_header_then_garbage(void **state)
 
 static void test_empty(void **state)
 {
-    struct fixture *f = *state;
+    struct tu_fixture *f = *state;
     char *path = tu_path(f->dir, "empty.dcm");
     tu_write_file(path, "", 0);
     expect_input_error(path, "empty");
@@ -267,7 +228,7 @@ static void test_empty(void **state)
 
 static void test_truncated(void **state)
 {
-    struct fixture *f = *state;
+    struct tu_fixture *f = *state;
     char *good = tu_make_cr(f->dir, "good.dcm", NULL, NULL, true);
     size_t n;
     char *data = tu_read_file(good, &n);
@@ -308,7 +269,7 @@ static void test_truncated(void **state)
 
 static void test_value_lengths(void **state)
 {
-    struct fixture *f = *state;
+    struct tu_fixture *f = *state;
     char dump[512];
     char *path;
     dicom_header h;
@@ -381,7 +342,7 @@ static void test_value_lengths(void **state)
 
 static void test_big_endian(void **state)
 {
-    struct fixture *f = *state;
+    struct tu_fixture *f = *state;
     const char *args[] = {"+tb", NULL};
     char *path = tu_make_cr(f->dir, "be.dcm", NULL, args, true);
     dicom_header h;
@@ -393,7 +354,7 @@ static void test_big_endian(void **state)
 
 static void test_deflated(void **state)
 {
-    struct fixture *f = *state;
+    struct tu_fixture *f = *state;
     const char *args[] = {"+td", NULL};
     char *path = tu_make_cr(f->dir, "deflated.dcm", NULL, args, true);
     dicom_header h;
@@ -410,7 +371,7 @@ static void test_deflated(void **state)
 
 static void test_dataset_without_meta(void **state)
 {
-    struct fixture *f = *state;
+    struct tu_fixture *f = *state;
     const char *args[] = {"-F", "+ti", NULL};
     char *path = tu_make_cr(f->dir, "raw-implicit.dcm", NULL, args, true);
     dicom_header h;
@@ -422,7 +383,7 @@ static void test_dataset_without_meta(void **state)
 
 static void test_jpeg_lossless(void **state)
 {
-    struct fixture *f = *state;
+    struct tu_fixture *f = *state;
     char *path = tu_make_cr(f->dir, "src.dcm", NULL, NULL, true);
     char *jpeg = tu_path(f->dir, "jpeg.dcm");
     char *argv[] = {(char *)tu_tool("DCMCJPEG"), path, jpeg, NULL};
@@ -441,7 +402,7 @@ static void test_jpeg_lossless(void **state)
 
 static void test_io_errors(void **state)
 {
-    struct fixture *f = *state;
+    struct tu_fixture *f = *state;
     dicom_header h;
     xr_error err = XR_ERROR_INIT;
     char *missing = tu_path(f->dir, "does-not-exist.dcm");
@@ -471,21 +432,22 @@ static void test_uid_name(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_good_file, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_padding_and_image_laterality, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_missing_attributes, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_missing_sop_uids, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_garbage, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_meta_header_then_garbage, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_empty, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_truncated, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_value_lengths, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_big_endian, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_deflated, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_dataset_without_meta, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_jpeg_lossless, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_io_errors, setup, teardown),
+        TU_WITH_DIR(test_good_file),
+        TU_WITH_DIR(test_padding_and_image_laterality),
+        TU_WITH_DIR(test_missing_attributes),
+        TU_WITH_DIR(test_missing_sop_uids),
+        TU_WITH_DIR(test_garbage),
+        TU_WITH_DIR(test_meta_header_then_garbage),
+        TU_WITH_DIR(test_empty),
+        TU_WITH_DIR(test_truncated),
+        TU_WITH_DIR(test_value_lengths),
+        TU_WITH_DIR(test_big_endian),
+        TU_WITH_DIR(test_deflated),
+        TU_WITH_DIR(test_dataset_without_meta),
+        TU_WITH_DIR(test_jpeg_lossless),
+        TU_WITH_DIR(test_io_errors),
         cmocka_unit_test(test_uid_name),
     };
-    return cmocka_run_group_tests_name("dicom-header", tests, group_setup, group_teardown);
+    return cmocka_run_group_tests_name("dicom-header", tests, tu_dicom_group_setup,
+                                       tu_dicom_group_teardown);
 }

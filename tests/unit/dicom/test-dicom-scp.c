@@ -400,21 +400,8 @@ static void log_capture(void *userdata, xr_log_level level, const char *line)
 
 static int group_setup(void **state)
 {
-    (void)state;
     xr_log_set(log_capture, NULL, XR_LOG_DEBUG);
-    xr_error err = XR_ERROR_INIT;
-    if (dicom_global_init(&err) != XR_OK) {
-        fprintf(stderr, "dicom_global_init: %s (%s)\n", err.msg, err.detail);
-        return -1;
-    }
-    return 0;
-}
-
-static int group_teardown(void **state)
-{
-    (void)state;
-    dicom_global_done();
-    return 0;
+    return tu_dicom_group_setup(state);
 }
 
 static int setup(void **state)
@@ -1046,5 +1033,5 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_bind_address, setup, teardown),
         cmocka_unit_test(test_logging), /* last: looks at the lines of all tests above */
     };
-    return cmocka_run_group_tests_name("dicom-scp", tests, group_setup, group_teardown);
+    return cmocka_run_group_tests_name("dicom-scp", tests, group_setup, tu_dicom_group_teardown);
 }
