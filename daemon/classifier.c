@@ -612,9 +612,10 @@ static void keep_first(void *ud, const char *key, const char *msg)
     }
 }
 
-xr_code classifier_load(const char *path, uint32_t max_batch, classifier **ret, xr_error *err)
+xr_code classifier_load(const char *path, uint32_t max_batch, int n_threads, classifier **ret,
+                        xr_error *err)
 {
-    if (!path || !ret || max_batch == 0)
+    if (!path || !ret || max_batch == 0 || n_threads < 1)
         return xr_error_set(err, XR_E_INPUT, "classifier_load: bad arguments");
     xr_code rc;
     classifier_session *s = NULL;
@@ -624,6 +625,7 @@ xr_code classifier_load(const char *path, uint32_t max_batch, classifier **ret, 
         return xr_error_set(err, XR_E_NOMEM, "out of memory");
     nn_params p = nn_params_default();
     p.max_batch = max_batch;
+    p.n_threads = n_threads;
     if ((rc = nn_model_load(path, &p, &c->model, err)))
         goto out;
     first_problem fp = {.err = err};
@@ -646,7 +648,7 @@ xr_code classifier_load(const char *path, uint32_t max_batch, classifier **ret, 
         goto out;
     /* Warm-up: the first run pays for oneDNN's JIT and page faults; it also proves the outputs
      * are usable before the model is put in service. */
-    if ((rc = classifier_session_new(c, 1, &s, err)))
+    if ((rc = classifier_session_new(c, n_threads, &s, err)))
         goto out;
     in = calloc(c->input_floats, sizeof(float));
     probs = calloc(c->meta.n_labels, sizeof(float));

@@ -4,7 +4,7 @@
  * eval / compare.
  *
  *     classifier *c;
- *     if (classifier_load("models/body-part.onnx", 8, &c, &err)) ...;  // validate + warm up
+ *     if (classifier_load("models/body-part.onnx", 8, 2, &c, &err)) ...;  // batch 8, 2 threads
  *     const classifier_meta *mi = classifier_info(c);              // task, labels, sha256, ...
  *     classifier_session *s;
  *     if (classifier_session_new(c, 2, &s, &err)) ...;               // one per worker thread
@@ -101,7 +101,7 @@ typedef struct classifier_session classifier_session;
 
 /*
  * Load path through nn/ (max_batch >= 1: the largest batch a session will run; a fixed-batch
- * model gets 1), validate every metadata key and the graph's input/output shapes against them,
+ * model gets 1; n_threads >= 1: the OpenMP threads of every session, fixed at load), validate every metadata key and the graph's input/output shapes against them,
  * compute the file's sha256, and run one warm-up inference (a zero image) whose outputs must be
  * finite (and, for xreg.output = probabilities, in [0,1] summing to 1).
  * Returns XR_E_IO (file), XR_E_INPUT (bad model or metadata: the message names the key, the
@@ -109,7 +109,8 @@ typedef struct classifier_session classifier_session;
  * XR_E_UNSUPPORTED (an op nn/ does not run), XR_E_LIMIT, XR_E_NOMEM. Free with classifier_free.
  */
 __attribute__((warn_unused_result)) xr_code classifier_load(const char *path, uint32_t max_batch,
-                                                            classifier **ret, xr_error *err);
+                                                            int n_threads, classifier **ret,
+                                                            xr_error *err);
 /* Accepts NULL; returns NULL. */
 classifier *classifier_free(classifier *c);
 
@@ -129,7 +130,8 @@ size_t classifier_check_model(const nn_model *m,
                               void (*problem)(void *ud, const char *key, const char *msg),
                               void *ud);
 
-/* A per-thread context: nn session (n_threads OpenMP threads for its runs) + preprocessor. */
+/* A per-thread context: nn session + preprocessor. n_threads must be the count given to
+ * classifier_load (XR_E_CONFIG otherwise). */
 __attribute__((warn_unused_result)) xr_code classifier_session_new(const classifier *c,
                                                                    int n_threads,
                                                                    classifier_session **ret,

@@ -569,7 +569,7 @@ static int run_model(candidate *c, truth_set *t, const eval_opts *o)
     float *in = NULL, *probs = NULL;
     size_t *idx = NULL;
     int rc = 1;
-    if (classifier_load(c->spec, o->batch, &cl, &err) ||
+    if (classifier_load(c->spec, o->batch, o->threads, &cl, &err) ||
         classifier_session_new(cl, o->threads, &s, &err)) {
         print_err(NULL, &err);
         goto out;

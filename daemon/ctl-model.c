@@ -121,7 +121,7 @@ int ctl_model_info(int argc, char **argv)
     classifier_check_model(m, add_problem, &pl);
     if (pl.n == 0) { /* what the daemon does next: build, warm up, check the outputs */
         classifier *cl = NULL;
-        if (classifier_load(path, 1, &cl, &err))
+        if (classifier_load(path, 1, 1, &cl, &err))
             add_problem(&pl, "warm-up", err.msg);
         classifier_free(cl);
     }

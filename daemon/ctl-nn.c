@@ -55,10 +55,11 @@ static void print_tensor(const nn_tensor_info *t)
     printf("]\n");
 }
 
-static int load(const char *path, uint32_t max_batch, nn_model **m)
+static int load(const char *path, uint32_t max_batch, int threads, nn_model **m)
 {
     nn_params p = nn_params_default();
     p.max_batch = max_batch;
+    p.n_threads = threads;
     xr_error err = XR_ERROR_INIT;
     xr_code rc = nn_model_load(path, &p, m, &err);
     if (rc == XR_E_UNSUPPORTED && max_batch > 1 && strstr(err.msg, "one at a time")) {
@@ -78,7 +79,7 @@ static int load(const char *path, uint32_t max_batch, nn_model **m)
 static int cmd_info(const char *path)
 {
     nn_model *m;
-    int rc = load(path, 1, &m);
+    int rc = load(path, 1, 1, &m);
     if (rc)
         return rc;
     nn_model_stats st;
@@ -183,7 +184,7 @@ static int cmd_run_image(const char *path, const char *in_path, const char *out_
     classifier_session *s = NULL;
     float *in = NULL, *probs = NULL;
     xr_error err = XR_ERROR_INIT;
-    if (dicom_global_init(&err) || classifier_load(path, 1, &c, &err) ||
+    if (dicom_global_init(&err) || classifier_load(path, 1, threads, &c, &err) ||
         classifier_session_new(c, threads, &s, &err)) {
         fprintf(stderr, "xregctl: %s\n", err.msg);
         if (err.detail[0])
@@ -266,13 +267,13 @@ static int cmd_run(const char *path, const char *in_path, const char *out_path, 
     xr_error err = XR_ERROR_INIT;
     /* the batch comes from the input length, which needs the sample size: a batch of several
      * reloads with max_batch = the batch (a batch plan costs activation memory per sample) */
-    if ((rc = load(path, 1, &m)))
+    if ((rc = load(path, 1, threads, &m)))
         goto out;
     if (nn_model_n_inputs(m) == 1 && nn_model_input(m, 0, &ti) && ti.batch_dynamic &&
         ti.sample_bytes && n_in % ti.sample_bytes == 0 && n_in / ti.sample_bytes > 1 &&
         n_in / ti.sample_bytes <= NN_MAX_BATCH_CLI) {
         m = nn_model_free(m);
-        if ((rc = load(path, (uint32_t)(n_in / ti.sample_bytes), &m)))
+        if ((rc = load(path, (uint32_t)(n_in / ti.sample_bytes), threads, &m)))
             goto out;
     }
     rc = 1;
@@ -375,7 +376,7 @@ static int cmd_bench(const char *path, uint32_t batch, int threads, int runs)
     nn_session *s = NULL;
     xr_error err = XR_ERROR_INIT;
     double t0 = now_s();
-    int rc = load(path, batch, &m);
+    int rc = load(path, batch, threads, &m);
     if (rc)
         return rc;
     double t_load = now_s() - t0;
@@ -444,6 +445,11 @@ static int cmd_bench(const char *path, uint32_t batch, int threads, int runs)
                  (double)(ru.ru_stime.tv_sec - ru0.ru_stime.tv_sec) +
                  (double)(ru.ru_stime.tv_usec - ru0.ru_stime.tv_usec) * 1e-6;
     printf("model: %s\nbatch: %u  threads: %d  runs: %d\n", path, b_eff, threads, runs);
+    nn_model_stats st;
+    nn_model_stats_get(m, &st);
+    if (threads > 1 && b_eff > 1)
+        printf("batch runs: %s\n", st.side_by_side ? "samples side by side, one per thread"
+                                                   : "every thread in every step");
     printf("load: %.3f s\n", t_load);
     printf("latency: median %.2f ms, min %.2f ms, mean %.2f ms\n", times[runs / 2] * 1e3,
            times[0] * 1e3, sum / runs * 1e3);

@@ -111,8 +111,8 @@ static xr_code parse_terms(model_set *ms, const char *list, xr_error *err)
     return XR_OK;
 }
 
-xr_code model_set_load(const xregd_config *cfg, uint32_t max_batch, model_set **ret,
-                       xr_error *err)
+xr_code model_set_load(const xregd_config *cfg, uint32_t max_batch, int n_threads,
+                       model_set **ret, xr_error *err)
 {
     model_set *ms = calloc(1, sizeof(*ms));
     if (!ms)
@@ -139,7 +139,7 @@ xr_code model_set_load(const xregd_config *cfg, uint32_t max_batch, model_set **
             continue;
         model_slot *s = &ms->slot[want[i].task];
         double t0 = xr_mono_s();
-        rc = classifier_load(want[i].path, max_batch, &s->c, err);
+        rc = classifier_load(want[i].path, max_batch, n_threads, &s->c, err);
         if (rc) {
             xr_error_prefix(err, "%s \"%s\": ", want[i].key, want[i].path);
             goto fail;

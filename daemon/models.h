@@ -53,14 +53,15 @@ typedef struct model_set {
 } model_set;
 
 /*
- * Load every model the configuration names (max_batch: pipeline.batch_max), checking that each
+ * Load every model the configuration names (max_batch: pipeline.batch_max; n_threads:
+ * pipeline.threads_per_worker, what every session will use), checking that each
  * file's xreg.task is the task it is configured for. All or nothing: the first model that fails
  * is an error naming the key and the file ("models.implant.path \"/x/im.onnx\": ..."), and
  * nothing stays loaded. A configuration without models gives an empty set (n_loaded 0).
  */
 __attribute__((warn_unused_result)) xr_code model_set_load(const xregd_config *cfg,
-                                                           uint32_t max_batch, model_set **ret,
-                                                           xr_error *err);
+                                                           uint32_t max_batch, int n_threads,
+                                                           model_set **ret, xr_error *err);
 model_set *model_set_ref(model_set *ms);
 /* Drops a reference and frees the set with the last one; accepts NULL; returns NULL. */
 model_set *model_set_unref(model_set *ms);

@@ -554,8 +554,10 @@ static void *reload_main(void *arg)
     double t0 = xr_mono_s();
     ctx->reload_result = NULL;
     ctx->reload_err = (xr_error)XR_ERROR_INIT;
+    /* batch and threads are not reloadable: the running pipeline's values */
     if (model_set_load(ctx->reload_cfg, (uint32_t)ctx->cfg->pipeline.batch_max,
-                       &ctx->reload_result, &ctx->reload_err))
+                       (int)ctx->cfg->pipeline.threads_per_worker, &ctx->reload_result,
+                       &ctx->reload_err))
         ctx->reload_result = NULL;
     ctx->reload_seconds = xr_mono_s() - t0;
     uint64_t one = 1;
@@ -806,7 +808,8 @@ int main(int argc, char **argv)
                         ctx.cfg->pipeline.workers, ctx.cfg->pipeline.threads_per_worker, want,
                         n_cpus);
         sd_notify(0, "STATUS=loading models");
-        if (model_set_load(ctx.cfg, (uint32_t)ctx.cfg->pipeline.batch_max, &models, &err)) {
+        if (model_set_load(ctx.cfg, (uint32_t)ctx.cfg->pipeline.batch_max,
+                           (int)ctx.cfg->pipeline.threads_per_worker, &models, &err)) {
             log_error("%s", err.msg);
             if (err.detail[0])
                 log_error("%s", err.detail);

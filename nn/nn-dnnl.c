@@ -397,8 +397,7 @@ static bool avx2_fma_available(void)
 static void silu_pass(float *p, size_t n)
 {
 #if defined(__x86_64__)
-    int nt = omp_get_max_threads();
-#pragma omp parallel num_threads(nt)
+#pragma omp parallel num_threads(nn_threads())
     {
         size_t t = (size_t)omp_get_thread_num(), k = (size_t)omp_get_num_threads();
         size_t chunk = ((n + k - 1) / k + 15) & ~(size_t)15;
@@ -513,7 +512,7 @@ static xr_code se_run(const nn_graph *g, const nn_node *n, nn_exec *xe, xr_error
     bool v8 = blk == 8 && avx2_fma_available();
     /* at 7x7 a block is a few KB: below NN_PARALLEL_MIN_ELEMS a second thread costs more */
     bool par = total > 1 && nb * cp * hw >= NN_PARALLEL_MIN_ELEMS;
-#pragma omp parallel for schedule(static) if (par)
+#pragma omp parallel for schedule(static) if (par) num_threads(nn_threads())
     for (int64_t t = 0; t < total; t++) {
         const float *p = x + t * blk * hw;
         float *m = mean + t * blk;
@@ -541,7 +540,7 @@ static xr_code se_run(const nn_graph *g, const nn_node *n, nn_exec *xe, xr_error
         for (int64_t o = c; o < cp; o++)
             z[o] = 0.0f; /* padding lanes stay 0 */
     }
-#pragma omp parallel for schedule(static) if (par)
+#pragma omp parallel for schedule(static) if (par) num_threads(nn_threads())
     for (int64_t t = 0; t < total; t++) {
         const float *p = x + t * blk * hw, *z = sc + t * blk;
         float *q = y + t * blk * hw;

@@ -39,6 +39,7 @@ struct nn_model {
     dnnl_engine_t engine;
     dnnl_stream_t stream;
     uint32_t max_batch;
+    int n_threads;
     bool dynamic;
     size_t arena_bytes, scratch_bytes; /* largest over the plans: what a session allocates */
     size_t n_meta;
@@ -51,15 +52,21 @@ struct nn_model {
     nn_tensor_info *in_info, *out_info;
 };
 
-struct nn_session {
-    const nn_model *m;
-    int n_threads;
+/* What one thread needs to run a plan: lane 0 runs every plan, the others (sessions of more
+ * than one thread, running samples side by side) only the batch-1 plan. */
+typedef struct nn_lane {
     uint8_t *arena;
     void *scratch;
     dnnl_stream_t stream;
     dnnl_memory_t *mems[NN_MAX_PLANS];
-    double *prof_ns[NN_MAX_PLANS]; /* XREG_NN_PROFILE: time per step, summed over runs */
+    double *prof_ns[NN_MAX_PLANS]; /* XREG_NN_PROFILE (lane 0): time per step, summed */
     uint64_t prof_runs[NN_MAX_PLANS];
+} nn_lane;
+
+struct nn_session {
+    const nn_model *m;
+    int n_threads;
+    nn_lane *lane; /* n_threads of them */
 };
 
 static double mono_ns(void)
@@ -73,16 +80,17 @@ static double mono_ns(void)
  * spends its time, without DNNL_VERBOSE's per-call lines. */
 static void profile_print(const nn_session *s)
 {
+    const nn_lane *ln = &s->lane[0];
     for (int p = 0; p < s->m->n_plans; p++) {
         const nn_plan *pl = &s->m->plan[p];
-        if (!s->prof_ns[p] || !s->prof_runs[p])
+        if (!ln->prof_ns[p] || !ln->prof_runs[p])
             continue;
         double total = 0;
         for (size_t st = 0; st < pl->n_steps; st++)
-            total += s->prof_ns[p][st];
+            total += ln->prof_ns[p][st];
         fprintf(stderr, "nn profile: batch %lld, %llu runs, %.3f ms per run\n",
-                (long long)pl->batch, (unsigned long long)s->prof_runs[p],
-                total / 1e6 / (double)s->prof_runs[p]);
+                (long long)pl->batch, (unsigned long long)ln->prof_runs[p],
+                total / 1e6 / (double)ln->prof_runs[p]);
         bool *seen = calloc(pl->n_steps, sizeof(bool));
         if (!seen)
             return;
@@ -97,12 +105,12 @@ static void profile_print(const nn_session *s)
                 const nn_node *q = &pl->g.nodes[pl->steps[o]];
                 if (!seen[o] && (q->prim != NULL) == dnnl && strcmp(q->op_type, n->op_type) == 0) {
                     seen[o] = true;
-                    t += s->prof_ns[p][o];
+                    t += ln->prof_ns[p][o];
                     count++;
                 }
             }
             fprintf(stderr, "  %-22s %-9s %4d steps %9.3f ms %5.1f%%\n", n->op_type,
-                    dnnl ? "oneDNN" : "reference", count, t / 1e6 / (double)s->prof_runs[p],
+                    dnnl ? "oneDNN" : "reference", count, t / 1e6 / (double)ln->prof_runs[p],
                     total > 0 ? 100.0 * t / total : 0.0);
         }
         free(seen);
@@ -111,7 +119,7 @@ static void profile_print(const nn_session *s)
 
 nn_params nn_params_default(void)
 {
-    return (nn_params){.max_batch = 1, .optimize = true};
+    return (nn_params){.max_batch = 1, .optimize = true, .n_threads = 1};
 }
 
 /* ---------------------------------------------------------------- plan */
@@ -583,6 +591,35 @@ static xr_code compile_plan(nn_model *m, nn_plan *pl, const nn_graph *donor, con
 }
 
 /*
+ * Whether a batch runs best as samples side by side, one per thread (nn_session_run), rather
+ * than through the batch plan with every thread in every step. Side by side has no barrier
+ * between steps and keeps each sample's activations in its own core's cache, which pays for
+ * convolutional networks (efficientnet_b0 at batch 8 on 2 threads: 120 vs 105 images/s,
+ * resnet50 even). It loses where products with constant weights carry the work (vit_b_16:
+ * 3.2-3.8 vs 3.9-4.1 images/s), because oneDNN's AVX2 sgemm packs the weights at every call
+ * and the batch plan's taller products pay that once per batch. So: side by side when
+ * convolutions do at least as many multiply-adds as constant-weight MatMul/Gemm.
+ */
+static bool side_by_side_pays(const nn_plan *pl)
+{
+    const nn_graph *g = &pl->g;
+    double conv = 0, products = 0;
+    for (size_t st = 0; st < pl->n_steps; st++) {
+        const nn_node *n = &g->nodes[pl->steps[st]];
+        if (n->n_in < 2 || n->in[1] < 0 || n->n_out < 1)
+            continue;
+        const nn_value *w = &g->values[n->in[1]], *y = &g->values[n->out[0]];
+        bool constant = w->data || w->released || w->borrowed || w->is_initializer;
+        if (strcmp(n->op_type, "Conv") == 0 && w->rank >= 1 && w->dims[0] > 0)
+            conv += (double)y->n_elems * (double)(w->n_elems / w->dims[0]);
+        else if ((strcmp(n->op_type, "MatMul") == 0 || strcmp(n->op_type, "Gemm") == 0) &&
+                 constant && y->rank >= 1 && y->dims[y->rank - 1] > 0)
+            products += (double)y->n_elems * (double)w->n_elems / (double)y->dims[y->rank - 1];
+    }
+    return conv >= products;
+}
+
+/*
  * A batch-dynamic model with max_batch B > 1 gets two plans: batch 1 (latency) and batch B
  * (throughput: oneDNN's primitives see the whole batch, so weights are read once per batch and
  * the matrix products are B times taller). Both graphs are built before the protobuf is freed;
@@ -617,15 +654,24 @@ static xr_code compile(nn_model *m, Onnx__ModelProto **mpp, const char *base_dir
     /* everything needed is copied out: free the protobuf before weights are reordered */
     onnx__model_proto__free_unpacked(*mpp, NULL);
     *mpp = NULL;
-    for (int i = 0; i < m->n_plans; i++)
-        if ((rc = compile_plan(m, &m->plan[i], i ? &p1->g : NULL, p, err)))
-            return rc;
+    /* oneDNN reads the thread count when it creates a primitive (an OpenMP setting of this
+     * thread), and splits the primitive's work for that count at every run */
+    m->n_threads = p->n_threads;
+    int saved_threads = omp_get_max_threads();
+    omp_set_num_threads(p->n_threads);
+    for (int i = 0; !rc && i < m->n_plans; i++)
+        rc = compile_plan(m, &m->plan[i], i ? &p1->g : NULL, p, err);
+    omp_set_num_threads(saved_threads);
+    if (rc)
+        return rc;
     /* the batch plan first: what it still borrows, the batch-1 plan keeps */
     if (m->n_plans > 1)
         release_weights(&pb->g, NULL);
     release_weights(&p1->g, m->n_plans > 1 ? &pb->g : NULL);
     m->stats.n_steps = p1->n_steps;
     m->stats.arena_bytes = m->arena_bytes;
+    m->stats.side_by_side = m->n_threads > 1 && m->max_batch >= (uint32_t)m->n_threads &&
+                            side_by_side_pays(p1);
     return XR_OK;
 }
 
@@ -649,6 +695,9 @@ static xr_code load_bytes(uint8_t *owned, const void *buf, size_t n_bytes, const
     else if (p.max_batch < 1 || p.max_batch > NN_MAX_BATCH)
         rc = xr_error_set(err, XR_E_LIMIT, "max_batch %u is outside [1, %d]", p.max_batch,
                           NN_MAX_BATCH);
+    else if (p.n_threads < 1 || p.n_threads > NN_MAX_THREADS)
+        rc = xr_error_set(err, XR_E_CONFIG, "n_threads %d is outside [1, %d]", p.n_threads,
+                          NN_MAX_THREADS);
     else if (n_bytes > NN_MODEL_MAX_BYTES)
         rc = xr_error_set(err, XR_E_LIMIT, "model of %zu bytes, at most %lld allowed", n_bytes,
                           (long long)NN_MODEL_MAX_BYTES);
@@ -741,6 +790,7 @@ nn_model *nn_model_free(nn_model *m)
 size_t nn_model_n_inputs(const nn_model *m) { return m->plan[0].g.n_inputs; }
 size_t nn_model_n_outputs(const nn_model *m) { return m->plan[0].g.n_outputs; }
 uint32_t nn_model_max_batch(const nn_model *m) { return m->max_batch; }
+int nn_model_threads(const nn_model *m) { return m->n_threads; }
 
 bool nn_model_input(const nn_model *m, size_t i, nn_tensor_info *ret)
 {
@@ -791,124 +841,165 @@ bool nn_model_op_type(const nn_model *m, size_t i, const char **ret_name, size_t
 
 /* ---------------------------------------------------------------- sessions */
 
-xr_code nn_session_new(const nn_model *m, int n_threads, nn_session **ret_session, xr_error *err)
+static void lane_done(const nn_model *m, nn_lane *ln)
 {
-    if (!m || !ret_session)
-        return xr_error_set(err, XR_E_INTERNAL, "nn_session_new: NULL argument");
-    if (n_threads < 1 || n_threads > 1024)
-        return xr_error_set(err, XR_E_CONFIG, "thread count %d is outside [1, 1024]", n_threads);
-    xr_code rc = XR_OK;
-    nn_session *s = calloc(1, sizeof(*s));
-    if (!s)
-        return xr_error_set(err, XR_E_NOMEM, "out of memory");
-    s->m = m;
-    s->n_threads = n_threads;
-    /* the plans never run at the same time: one arena and one scratchpad sized for the largest */
-    s->arena = nn_aligned_alloc(m->arena_bytes);
-    s->scratch = m->scratch_bytes ? nn_aligned_alloc(m->scratch_bytes) : NULL;
-    bool ok = s->arena && (!m->scratch_bytes || s->scratch);
-    for (int p = 0; p < m->n_plans; p++)
-        ok = ok && (s->mems[p] = calloc(m->plan[p].n_steps * NN_STEP_MEMS + 1,
-                                        sizeof(dnnl_memory_t)));
-    const char *prof = getenv("XREG_NN_PROFILE");
-    for (int p = 0; ok && prof && *prof && strcmp(prof, "0") != 0 && p < m->n_plans; p++)
-        ok = (s->prof_ns[p] = calloc(m->plan[p].n_steps + 1, sizeof(double))) != NULL;
-    if (!ok) {
-        rc = xr_error_set(err, XR_E_NOMEM, "out of memory for a session of %zu bytes",
-                          m->arena_bytes + m->scratch_bytes);
-        goto out;
-    }
-    if ((rc = nn_dnnl_check(dnnl_stream_create(&s->stream, m->engine, dnnl_stream_default_flags),
-                            NULL, "stream", err)))
-        goto out;
-    nn_exec x = {.arena = s->arena};
     for (int p = 0; p < m->n_plans; p++) {
+        const nn_plan *pl = &m->plan[p];
+        free(ln->prof_ns[p]);
+        if (!ln->mems[p])
+            continue;
+        for (size_t st = 0; st < pl->n_steps; st++) {
+            const nn_node *n = &pl->g.nodes[pl->steps[st]];
+            for (int i = 0; i < n->n_args; i++) {
+                dnnl_memory_t mem = ln->mems[p][st * NN_STEP_MEMS + i];
+                if (mem && n->args[i].value != -1 && n->args[i].value != -3)
+                    dnnl_memory_destroy(mem);
+            }
+            for (int i = 0; i < 2 * n->n_pre; i++) {
+                dnnl_memory_t mem = ln->mems[p][st * NN_STEP_MEMS + NN_MAX_DNNL_ARGS + i];
+                if (mem)
+                    dnnl_memory_destroy(mem);
+            }
+        }
+        free(ln->mems[p]);
+    }
+    if (ln->stream)
+        dnnl_stream_destroy(ln->stream);
+    free(ln->arena);
+    free(ln->scratch);
+}
+
+/* A lane for plans [0, n_plans): one arena and one scratchpad sized for the largest (the plans
+ * never run at the same time on a lane), and memory objects bound into them. */
+static xr_code lane_init(const nn_model *m, nn_lane *ln, int n_plans, bool prof, xr_error *err)
+{
+    size_t arena = 0, scratch = 0;
+    for (int p = 0; p < n_plans; p++) {
+        if (m->plan[p].arena_bytes > arena)
+            arena = m->plan[p].arena_bytes;
+        if (m->plan[p].scratch_bytes > scratch)
+            scratch = m->plan[p].scratch_bytes;
+    }
+    ln->arena = nn_aligned_alloc(arena);
+    ln->scratch = scratch ? nn_aligned_alloc(scratch) : NULL;
+    bool ok = ln->arena && (!scratch || ln->scratch);
+    for (int p = 0; ok && p < n_plans; p++)
+        ok = (ln->mems[p] = calloc(m->plan[p].n_steps * NN_STEP_MEMS + 1,
+                                   sizeof(dnnl_memory_t))) != NULL;
+    for (int p = 0; ok && prof && p < n_plans; p++)
+        ok = (ln->prof_ns[p] = calloc(m->plan[p].n_steps + 1, sizeof(double))) != NULL;
+    if (!ok)
+        return xr_error_set(err, XR_E_NOMEM, "out of memory for a session of %zu bytes",
+                            arena + scratch);
+    xr_code rc;
+    if ((rc = nn_dnnl_check(dnnl_stream_create(&ln->stream, m->engine, dnnl_stream_default_flags),
+                            NULL, "stream", err)))
+        return rc;
+    nn_exec x = {.arena = ln->arena};
+    for (int p = 0; p < n_plans; p++) {
         const nn_plan *pl = &m->plan[p];
         for (size_t st = 0; st < pl->n_steps; st++) {
             const nn_node *n = &pl->g.nodes[pl->steps[st]];
             for (int i = 0; i < n->n_args; i++) {
                 const nn_dnnl_arg *a = &n->args[i];
-                dnnl_memory_t *mem = &s->mems[p][st * NN_STEP_MEMS + i];
+                dnnl_memory_t *mem = &ln->mems[p][st * NN_STEP_MEMS + i];
                 if (a->value == -1 || a->value == -3) {
                     *mem = a->mem; /* model-owned, shared read-only */
                     continue;
                 }
-                void *ptr = a->value == -2 ? s->scratch
+                void *ptr = a->value == -2 ? ln->scratch
                                            : (uint8_t *)nn_ptr(&pl->g, &x, a->value) + a->byte_off;
                 if ((rc = nn_dnnl_check(dnnl_memory_create(mem, &a->md, m->engine, ptr), n,
                                         "memory", err)))
-                    goto out;
+                    return rc;
             }
             for (int i = 0; i < n->n_pre; i++) {
-                dnnl_memory_t *mem = &s->mems[p][st * NN_STEP_MEMS + NN_MAX_DNNL_ARGS + 2 * i];
+                dnnl_memory_t *mem = &ln->mems[p][st * NN_STEP_MEMS + NN_MAX_DNNL_ARGS + 2 * i];
                 if ((rc = nn_dnnl_check(dnnl_memory_create(&mem[0], &n->pre[i].smd, m->engine,
                                                            nn_ptr(&pl->g, &x, n->pre[i].src)),
                                         n, "memory", err)) ||
                     (rc = nn_dnnl_check(dnnl_memory_create(&mem[1], &n->pre[i].dmd, m->engine,
                                                            nn_ptr(&pl->g, &x, n->pre[i].dst)),
                                         n, "memory", err)))
-                    goto out;
+                    return rc;
             }
         }
     }
+    return XR_OK;
+}
+
+/* Lanes a session needs: one per thread when runs of n_threads samples or more can happen. */
+static int session_lanes(const nn_model *m)
+{
+    return m->stats.side_by_side ? m->n_threads : 1;
+}
+
+xr_code nn_session_new(const nn_model *m, int n_threads, nn_session **ret_session, xr_error *err)
+{
+    if (!m || !ret_session)
+        return xr_error_set(err, XR_E_INTERNAL, "nn_session_new: NULL argument");
+    if (n_threads == 0)
+        n_threads = m->n_threads;
+    if (n_threads != m->n_threads)
+        return xr_error_set(err, XR_E_CONFIG,
+                            "a session of %d threads for a model loaded for %d: oneDNN splits "
+                            "each primitive's work for the thread count it was created with, so "
+                            "load the model with nn_params.n_threads = %d",
+                            n_threads, m->n_threads, n_threads);
+    xr_code rc = XR_OK;
+    nn_session *s = calloc(1, sizeof(*s));
+    if (!s)
+        return xr_error_set(err, XR_E_NOMEM, "out of memory");
+    s->m = m;
+    s->n_threads = n_threads;
+    s->lane = calloc((size_t)session_lanes(m), sizeof(nn_lane));
+    if (!s->lane) {
+        free(s);
+        return xr_error_set(err, XR_E_NOMEM, "out of memory");
+    }
+    const char *prof = getenv("XREG_NN_PROFILE");
+    bool profile = prof && *prof && strcmp(prof, "0") != 0;
+    for (int i = 0; i < session_lanes(m) && !rc; i++)
+        rc = lane_init(m, &s->lane[i], i ? 1 : m->n_plans, profile && !i, err);
+    if (rc) {
+        nn_session_free(s);
+        return rc;
+    }
     *ret_session = s;
-    s = NULL;
-out:
-    nn_session_free(s);
-    return rc;
+    return XR_OK;
 }
 
 nn_session *nn_session_free(nn_session *s)
 {
     if (!s)
         return NULL;
-    profile_print(s);
-    for (int p = 0; p < s->m->n_plans; p++) {
-        const nn_plan *pl = &s->m->plan[p];
-        free(s->prof_ns[p]);
-        if (!s->mems[p])
-            continue;
-        for (size_t st = 0; st < pl->n_steps; st++) {
-            const nn_node *n = &pl->g.nodes[pl->steps[st]];
-            for (int i = 0; i < n->n_args; i++) {
-                dnnl_memory_t mem = s->mems[p][st * NN_STEP_MEMS + i];
-                if (mem && n->args[i].value != -1 && n->args[i].value != -3)
-                    dnnl_memory_destroy(mem);
-            }
-            for (int i = 0; i < 2 * n->n_pre; i++) {
-                dnnl_memory_t mem = s->mems[p][st * NN_STEP_MEMS + NN_MAX_DNNL_ARGS + i];
-                if (mem)
-                    dnnl_memory_destroy(mem);
-            }
-        }
-        free(s->mems[p]);
+    if (s->lane) {
+        profile_print(s);
+        for (int i = 0; i < session_lanes(s->m); i++)
+            lane_done(s->m, &s->lane[i]);
     }
-    if (s->stream)
-        dnnl_stream_destroy(s->stream);
-    free(s->arena);
-    free(s->scratch);
+    free(s->lane);
     free(s);
     return NULL;
 }
 
-/* k samples (k <= pl->batch) from sample `first` of the caller's buffers through plan pl;
- * samples past k are zero padding (they never mix with the real ones: check_batch). */
-static xr_code run_plan(nn_session *s, int p, uint32_t first, uint32_t k,
+/* k samples (k <= pl->batch) from sample `first` of the caller's buffers through plan p on a
+ * lane; samples past k are zero padding (they never mix with the real ones: check_batch). */
+static xr_code run_plan(const nn_model *m, nn_lane *ln, int p, uint32_t first, uint32_t k,
                         const void *const *inputs, void *const *outputs, xr_error *err)
 {
-    const nn_model *m = s->m;
     const nn_plan *pl = &m->plan[p];
     const nn_graph *g = &pl->g;
-    nn_exec x = {.arena = s->arena, .stream = s->stream, .mems = s->mems[p],
-                 .scratch = s->scratch};
+    nn_exec x = {.arena = ln->arena, .stream = ln->stream, .mems = ln->mems[p],
+                 .scratch = ln->scratch};
     for (size_t i = 0; i < g->n_inputs; i++) {
         const nn_value *v = &g->values[g->inputs[i]];
         size_t sb = m->in_info[i].sample_bytes;
-        memcpy(s->arena + v->offset, (const uint8_t *)inputs[i] + first * sb, k * sb);
+        memcpy(ln->arena + v->offset, (const uint8_t *)inputs[i] + first * sb, k * sb);
         if (k * sb < v->n_bytes)
-            memset(s->arena + v->offset + k * sb, 0, v->n_bytes - k * sb);
+            memset(ln->arena + v->offset + k * sb, 0, v->n_bytes - k * sb);
     }
-    double *prof = s->prof_ns[p], t0 = prof ? mono_ns() : 0;
+    double *prof = ln->prof_ns[p], t0 = prof ? mono_ns() : 0;
     for (size_t st = 0; st < pl->n_steps; st++) {
         const nn_node *n = &g->nodes[pl->steps[st]];
         xr_code rc;
@@ -930,12 +1021,51 @@ static xr_code run_plan(nn_session *s, int p, uint32_t first, uint32_t k,
         }
     }
     if (prof)
-        s->prof_runs[p]++;
+        ln->prof_runs[p]++;
     for (size_t i = 0; i < g->n_outputs; i++) {
         size_t sb = m->out_info[i].sample_bytes;
         memcpy((uint8_t *)outputs[i] + first * sb, nn_ptr(g, &x, g->outputs[i]), k * sb);
     }
     return XR_OK;
+}
+
+/*
+ * Samples [0, n) one per thread, each thread on its own lane with the batch-1 plan. Inside
+ * this parallel region oneDNN runs every primitive on the calling thread alone, so there is
+ * no barrier between steps: a thread that finishes takes the next sample, and a CPU slowed by
+ * another process delays only the samples it holds. (Splitting each primitive over the
+ * threads instead makes every step wait for the slowest thread.)
+ */
+static xr_code run_side_by_side(nn_session *s, uint32_t n, const void *const *inputs,
+                                void *const *outputs, xr_error *err)
+{
+    xr_code rc = XR_OK;
+    int failed = 0;
+#pragma omp parallel num_threads(s->n_threads)
+    {
+        nn_lane *ln = &s->lane[omp_get_thread_num()];
+        xr_error e = XR_ERROR_INIT;
+#pragma omp for schedule(dynamic, 1)
+        for (uint32_t i = 0; i < n; i++) {
+            int stop;
+#pragma omp atomic read
+            stop = failed;
+            if (stop)
+                continue;
+            xr_code r = run_plan(s->m, ln, 0, i, 1, inputs, outputs, &e);
+            if (r) {
+#pragma omp critical(nn_side_by_side_error)
+                if (!rc) {
+                    rc = r;
+                    if (err)
+                        *err = e;
+                }
+#pragma omp atomic write
+                failed = 1;
+            }
+        }
+    }
+    return rc;
 }
 
 xr_code nn_session_run(nn_session *s, uint32_t n_batch, const void *const *inputs,
@@ -955,18 +1085,24 @@ xr_code nn_session_run(nn_session *s, uint32_t n_batch, const void *const *input
         if (!outputs[i])
             return xr_error_set(err, XR_E_INPUT, "output %zu is NULL", i);
     omp_set_num_threads(s->n_threads);
-    /* n samples: the batch plan, padded, when it costs less than n batch-1 runs (NN_PAD_MIN
-     * in nn-internal.h), else one sample at a time */
+    xr_code rc;
+    uint32_t done = 0, lanes = (uint32_t)session_lanes(m);
+    if (lanes > 1 && n_batch >= lanes) {
+        done = n_batch - n_batch % lanes;
+        if ((rc = run_side_by_side(s, done, inputs, outputs, err)))
+            return rc;
+    }
+    /* what is left: the batch plan, padded, when it costs less than that many batch-1 runs
+     * (NN_PAD_NUM/NN_PAD_DEN in nn-internal.h), else one sample at a time */
     uint32_t bmax = m->n_plans > 1 ? m->plan[1].batch : 1;
-    for (uint32_t done = 0; done < n_batch;) {
+    while (done < n_batch) {
         uint32_t r = n_batch - done;
-        xr_code rc;
         if (m->n_plans > 1 && (uint64_t)r * NN_PAD_DEN >= (uint64_t)bmax * NN_PAD_NUM) {
             uint32_t k = r < bmax ? r : bmax;
-            rc = run_plan(s, 1, done, k, inputs, outputs, err);
+            rc = run_plan(m, &s->lane[0], 1, done, k, inputs, outputs, err);
             done += k;
         } else {
-            rc = run_plan(s, 0, done, 1, inputs, outputs, err);
+            rc = run_plan(m, &s->lane[0], 0, done, 1, inputs, outputs, err);
             done++;
         }
         if (rc)

@@ -15,6 +15,7 @@
 #pragma once
 
 #include <dnnl.h>
+#include <omp.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -43,6 +44,8 @@
 #define NN_MAX_NODE_IO 1024
 /* Largest batch a caller may ask to plan for. */
 #define NN_MAX_BATCH 1024
+/* OpenMP threads per session. */
+#define NN_MAX_THREADS 1024
 /* A run of n < B samples uses the batch-B plan, zero-padded, when n/B >= NUM/DEN, else n
  * batch-1 runs (measured: see docs/nn.md "Batch"). */
 #define NN_PAD_NUM 1
@@ -204,6 +207,13 @@ struct nn_exec {
     void *scratch;
     size_t step;
 };
+
+/* Threads for nn's own parallel loops: the session's, or 1 inside a run that already gives
+ * each thread whole samples (oneDNN does the same there), whatever OpenMP's nesting setting. */
+static inline int nn_threads(void)
+{
+    return omp_in_parallel() ? 1 : omp_get_max_threads();
+}
 
 /* Data of value v in this context. */
 static inline void *nn_ptr(const nn_graph *g, nn_exec *x, int v)

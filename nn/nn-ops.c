@@ -556,7 +556,7 @@ static xr_code run_binary(const nn_graph *g, const nn_node *n, nn_exec *x, xr_er
         /* same-shape float arithmetic (a residual Add the matmul could not take): threads */
         const float *fa = pa, *fb = pb;
         float *fy = py;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(nn_threads())
         for (int64_t i = 0; i < ne; i++)
             fy[i] = k == B_ADD ? fa[i] + fb[i] : k == B_SUB ? fa[i] - fb[i]
                   : k == B_MUL ? fa[i] * fb[i] : fa[i] / fb[i];
@@ -1196,7 +1196,7 @@ static xr_code run_slice(const nn_graph *g, const nn_node *n, nn_exec *x, xr_err
     int64_t inner = o->dims[r - 1], st = n->a.steps[r - 1];
     if (st == 1 && r >= 2 && o->n_elems >= NN_PARALLEL_MIN_ELEMS) {
         int64_t rows = o->n_elems / inner;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(nn_threads())
         for (int64_t row = 0; row < rows; row++) {
             int64_t rem = row, off = n->a.starts[r - 1];
             for (int i = r - 2; i >= 0; i--) {
@@ -1303,7 +1303,7 @@ static xr_code run_transpose(const nn_graph *g, const nn_node *n, nn_exec *x, xr
     if (es == 4 && r >= 2 && o->n_elems >= NN_PARALLEL_MIN_ELEMS) {
         /* rows of the output in parallel: memory-bound, so the second thread pays */
         int64_t rows = o->n_elems / inner;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(nn_threads())
         for (int64_t row = 0; row < rows; row++) {
             int64_t rem = row, off = 0;
             for (int i = r - 2; i >= 0; i--) {

@@ -3,6 +3,7 @@
  *
  *     nn_params p = nn_params_default();
  *     p.max_batch = 8;
+ *     p.n_threads = 2;                                            // OpenMP threads per session
  *     nn_model *m;
  *     if (nn_model_load("resnet50.onnx", &p, &m, &err)) ...;      // validate + compile, once
  *     nn_session *s;
@@ -12,10 +13,11 @@
  *     s = nn_session_free(s);  m = nn_model_free(m);
  *
  * Thread rule: an nn_model is immutable after nn_model_load and may be shared by any number of
- * threads; an nn_session is used by one thread at a time. oneDNN runs on OpenMP here: the
- * session sets its thread count (omp_set_num_threads) on the calling thread at every run, so
- * each worker gets the count given to nn_session_new; workers x threads should not exceed the
- * cores.
+ * threads; an nn_session is used by one thread at a time. oneDNN runs on OpenMP here, and a
+ * oneDNN primitive keeps the thread count it was created with, so the count is chosen at load
+ * (nn_params.n_threads) and every session of the model runs with it: the session sets it
+ * (omp_set_num_threads) on the calling thread at every run. Workers x threads should not exceed
+ * the cores.
  */
 #pragma once
 
@@ -73,8 +75,8 @@ typedef struct nn_params {
      * symbolic). Above 1 the graph is compiled for batch 1 and for max_batch (weights shared;
      * each session's activation arena grows about linearly with max_batch), and the load
      * checks that the graph never mixes samples (XR_E_UNSUPPORTED if it does). A run of n
-     * uses the max_batch plan (padded) for n >= max_batch/2, else n batch-1 runs. Ignored for
-     * fixed-batch models. */
+     * uses the max_batch plan (padded) for n >= max_batch/2, else n batch-1 runs (but see
+     * nn_session_run for n_threads > 1). Ignored for fixed-batch models. */
     uint32_t max_batch;
     /* Graph rewrites (BatchNormalization folding, activation/residual fusion). Off only to debug
      * a suspected fusion bug: results must be the same either way. */
@@ -82,9 +84,13 @@ typedef struct nn_params {
     /* Inputs to freeze (see nn_binding); they are no longer runtime inputs. */
     const nn_binding *bindings;
     size_t n_bindings;
+    /* OpenMP threads of every session's runs, 1..1024. oneDNN sizes and splits a primitive's
+     * work for the thread count it is created with, so this is fixed at load. With more than
+     * one, a run of several samples may give each thread whole samples (nn_session_run). */
+    int n_threads;
 } nn_params;
 
-/* Every field at its default: max_batch 1, optimize on, no bindings. */
+/* Every field at its default: max_batch 1, optimize on, no bindings, 1 thread. */
 nn_params nn_params_default(void);
 
 typedef struct nn_tensor_info {
@@ -124,6 +130,8 @@ size_t nn_model_n_outputs(const nn_model *m);
 bool nn_model_input(const nn_model *m, size_t i, nn_tensor_info *ret);
 bool nn_model_output(const nn_model *m, size_t i, nn_tensor_info *ret);
 uint32_t nn_model_max_batch(const nn_model *m);
+/* nn_params.n_threads it was loaded with. */
+int nn_model_threads(const nn_model *m);
 
 /* metadata_props, in file order; strings borrowed until nn_model_free. */
 size_t nn_model_n_metadata(const nn_model *m);
@@ -139,6 +147,8 @@ typedef struct nn_model_stats {
     size_t n_steps;          /* runtime steps after folding and fusion */
     size_t n_fused;          /* nodes absorbed by fusion */
     size_t arena_bytes;      /* activation memory per session, for max_batch */
+    bool side_by_side;       /* runs of n_threads samples or more give each thread whole
+                              * samples (convolutional models; see nn_session_run) */
     const char *producer;    /* producer_name + version, borrowed */
 } nn_model_stats;
 void nn_model_stats_get(const nn_model *m, nn_model_stats *ret);
@@ -153,8 +163,9 @@ bool nn_op_is_claimed(const char *op_type);
 
 /*
  * A per-thread execution context: activation arena, oneDNN stream and scratchpad, all allocated
- * here so that nn_session_run allocates nothing. n_threads >= 1 (OpenMP threads for this
- * session's runs). The model must outlive the session.
+ * here so that nn_session_run allocates nothing (with n_threads > 1, one context per thread).
+ * n_threads must be the model's (nn_model_threads; 0 means that too): XR_E_CONFIG otherwise.
+ * The model must outlive the session.
  */
 __attribute__((warn_unused_result)) xr_code nn_session_new(const nn_model *m, int n_threads,
                                                            nn_session **ret_session,
@@ -166,6 +177,10 @@ nn_session *nn_session_free(nn_session *s);
  * inputs[i] holds n_batch x sample_bytes of input i (dense, row-major, the model's type);
  * outputs[i] receives n_batch x sample_bytes of output i. XR_E_INPUT for a bad n_batch or
  * NULL buffers; XR_E_INTERNAL if oneDNN fails.
+ * With T > 1 threads and a convolutional model (nn_model_stats.side_by_side), the first
+ * n_batch - n_batch % T samples run one per thread at a time (each thread takes the next
+ * sample when it is done, so a slowed CPU holds back only its own samples); the rest, single
+ * samples, and batches of other models use all T threads inside each step.
  */
 __attribute__((warn_unused_result)) xr_code nn_session_run(nn_session *s, uint32_t n_batch,
                                                            const void *const *inputs,

@@ -309,8 +309,11 @@ def _sighup_and_wait(d, start_count: int, timeout: float = 60) -> None:
 def test_sighup_swaps_models(make_xregd, db, workdir, models):
     """SIGHUP with a corrupt model file keeps the running set (predictions continue with the old
     sha256); SIGHUP with a new good model swaps it in, and objects queued across the swap are
-    all classified, by one set or the other."""
-    d = make_xregd(**model_config(models), pipeline={"workers": 1, "batch_max": 2, "batch_wait_ms": 0})
+    all classified, by one set or the other. The worker has 2 threads: models are compiled for
+    the running pipeline's count, including those a reload loads (a session of another count is
+    refused), and batches of 2 run side by side."""
+    d = make_xregd(**model_config(models),
+                   pipeline={"workers": 1, "threads_per_worker": 2, "batch_max": 2, "batch_wait_ms": 0})
     old_sha = cm.sha256(models["body_part"])
     good_copy = workdir / "models" / "body_part.v1"
     shutil.copy(models["body_part"], good_copy)

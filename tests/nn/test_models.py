@@ -3,7 +3,9 @@
 For each variant (model x opset x constant folding) tools/export-models.py exports the
 random-weight model and PyTorch's outputs on random inputs (into XREG_NN_MODELS, by default the
 build directory; reused between runs through content keys). `xregctl nn-run` then runs the model
-at batch 1 and at batch 3 and its outputs must match PyTorch's:
+at batch 1 and at batch 3 (that one again on 2 threads: convolutional models then run two
+samples side by side and the third with both threads in each step) and its outputs must match
+PyTorch's:
     max|a-b| <= 1e-3 * max|b|,  the same top-1 in every row,  cosine similarity >= 0.99999.
 
 Environment (meson sets the first three, see tests/nn/meson.build):
@@ -90,11 +92,12 @@ def models(engine) -> pathlib.Path:
 
 
 def _run(engine: list[str], model: pathlib.Path, chw: list[int], inp: pathlib.Path,
-         out: pathlib.Path) -> subprocess.CompletedProcess:
+         out: pathlib.Path, threads: int = 1) -> subprocess.CompletedProcess:
     if ENGINE == "ort-node":
         cmd = engine + ["run", str(model), str(inp), str(out), ",".join(map(str, chw))]
     else:
-        cmd = engine + [str(model), "--input", str(inp), "--output", str(out)]
+        cmd = engine + [str(model), "--input", str(inp), "--output", str(out),
+                        "--threads", str(threads)]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
 
 
@@ -116,27 +119,31 @@ def test_parity(engine, models, tmp_path, model, opset, folding):
     chw = man["input"]["shape"][1:]
     classes = man["output"]["shape"][1]
     failures = []
-    for ref in man["references"]:
+    runs = [(ref, 1) for ref in man["references"]]
+    if ENGINE != "ort-node":
+        runs += [(ref, 2) for ref in man["references"] if ref["batch"] > 1]
+    for ref, threads in runs:
         batch = ref["batch"]
+        what = f"batch {batch}, {threads} thread{'s' if threads > 1 else ''}"
         inp, want_path = vdir / ref["input"], vdir / ref["output"]
-        out = tmp_path / f"out-b{batch}.f32"
-        r = _run(engine, vdir / "model.onnx", chw, inp, out)
-        assert r.returncode == 0, (f"{model} op{opset} {folding} batch {batch}: engine exit "
+        out = tmp_path / f"out-b{batch}-t{threads}.f32"
+        r = _run(engine, vdir / "model.onnx", chw, inp, out, threads)
+        assert r.returncode == 0, (f"{model} op{opset} {folding} {what}: engine exit "
                                    f"{r.returncode}\nstdout: {r.stdout[-2000:]}\nstderr: {r.stderr[-2000:]}")
         want = np.fromfile(want_path, dtype="<f4").reshape(batch, classes)
         got = np.fromfile(out, dtype="<f4")
-        assert got.size == want.size, (f"{model} op{opset} {folding} batch {batch}: "
+        assert got.size == want.size, (f"{model} op{opset} {folding} {what}: "
                                        f"{got.size} floats out, expected {want.size} ({batch}x{classes})")
         c = compare(got.reshape(batch, classes), want)
-        print(f"{model} op{opset} {folding} batch {batch}: max|a-b|={c['max_abs_diff']:.3e} "
+        print(f"{model} op{opset} {folding} {what}: max|a-b|={c['max_abs_diff']:.3e} "
               f"rel={c['rel']:.3e} (limit {REL_TOL:g}) min cosine={c['min_cosine']:.8f} "
               f"top1={c['top1_got']} (pytorch {c['top1_want']})")
         if c["rel"] > REL_TOL:
-            failures.append(f"batch {batch}: max|a-b|/max|b| = {c['rel']:.3e} > {REL_TOL:g}")
+            failures.append(f"{what}: max|a-b|/max|b| = {c['rel']:.3e} > {REL_TOL:g}")
         if c["top1_got"] != c["top1_want"]:
-            failures.append(f"batch {batch}: top-1 {c['top1_got']} != PyTorch's {c['top1_want']}")
+            failures.append(f"{what}: top-1 {c['top1_got']} != PyTorch's {c['top1_want']}")
         if c["min_cosine"] < MIN_COSINE:
-            failures.append(f"batch {batch}: cosine {c['min_cosine']:.8f} < {MIN_COSINE}")
+            failures.append(f"{what}: cosine {c['min_cosine']:.8f} < {MIN_COSINE}")
     assert not failures, f"{model} op{opset} {folding}: " + "; ".join(failures)
 
 

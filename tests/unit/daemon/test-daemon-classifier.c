@@ -45,7 +45,7 @@ static classifier *load_ok(const char *name, uint32_t batch)
 {
     classifier *c = NULL;
     xr_error err = XR_ERROR_INIT;
-    xr_code rc = classifier_load(path_of(name, ".onnx"), batch, &c, &err);
+    xr_code rc = classifier_load(path_of(name, ".onnx"), batch, 1, &c, &err);
     if (rc)
         fail_msg("%s: %s (%s)", name, err.msg, err.detail);
     return c;
@@ -58,7 +58,7 @@ static void test_good_body(void **state)
     char *tmp = strdup(path_of("good-body", ".onnx"));
     classifier *c = NULL;
     xr_error err0 = XR_ERROR_INIT;
-    assert_int_equal(classifier_load(tmp, 4, &c, &err0), XR_OK);
+    assert_int_equal(classifier_load(tmp, 4, 1, &c, &err0), XR_OK);
     memset(tmp, 'x', strlen(tmp));
     free(tmp);
     assert_string_equal(classifier_info(c)->path, path_of("good-body", ".onnx"));
@@ -163,7 +163,7 @@ static void check_bad(const char *name, const char *key, const char *expect)
 {
     classifier *c = NULL;
     xr_error err = XR_ERROR_INIT;
-    xr_code rc = classifier_load(path_of(name, ".onnx"), 1, &c, &err);
+    xr_code rc = classifier_load(path_of(name, ".onnx"), 1, 1, &c, &err);
     if (rc != XR_E_INPUT)
         fail_msg("%s: got %s: %s", name, xr_code_name(rc), err.msg);
     assert_null(c);
@@ -207,7 +207,7 @@ static void test_all_problems(void **state)
     (void)state;
     classifier *c = NULL;
     xr_error err = XR_ERROR_INIT;
-    assert_int_equal(classifier_load(path_of("bad-multi", ".onnx"), 1, &c, &err), XR_E_INPUT);
+    assert_int_equal(classifier_load(path_of("bad-multi", ".onnx"), 1, 1, &c, &err), XR_E_INPUT);
     assert_non_null(strstr(err.detail, "2 metadata problems"));
 
     nn_model *m;
@@ -226,9 +226,9 @@ static void test_load_errors(void **state)
     (void)state;
     classifier *c = NULL;
     xr_error err = XR_ERROR_INIT;
-    assert_int_equal(classifier_load(path_of("missing", ".onnx"), 1, &c, &err), XR_E_IO);
-    assert_int_equal(classifier_load(path_of("not-an-image", ".txt"), 1, &c, &err), XR_E_INPUT);
-    assert_int_equal(classifier_load(path_of("good-body", ".onnx"), 0, &c, &err), XR_E_INPUT);
+    assert_int_equal(classifier_load(path_of("missing", ".onnx"), 1, 1, &c, &err), XR_E_IO);
+    assert_int_equal(classifier_load(path_of("not-an-image", ".txt"), 1, 1, &c, &err), XR_E_INPUT);
+    assert_int_equal(classifier_load(path_of("good-body", ".onnx"), 0, 1, &c, &err), XR_E_INPUT);
     assert_null(c);
     assert_null(classifier_free(NULL));
     assert_null(classifier_session_free(NULL));

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "nn-internal.h"
@@ -489,10 +490,14 @@ static void test_dynamic_batch_and_metadata(void **state)
     b.model.metadata_props = b.meta_ptrs;
     nn_params p = nn_params_default();
     p.max_batch = 4;
+    xr_error err = XR_ERROR_INIT;
+    /* 1 thread: batch plan and batch-1 runs; 2 and 3: samples side by side, plus the rest */
+    for (int threads = 1; threads <= 3; threads++) {
+    p.n_threads = threads;
     nn_model *m = NULL;
     nn_session *s = NULL;
-    xr_error err = XR_ERROR_INIT;
     assert_int_equal(load_b(&b, &p, &m, &err), XR_OK);
+    assert_int_equal(nn_model_threads(m), threads);
     assert_string_equal(nn_model_metadata_get(m, "xreg.labels"), "a,b,c,d");
     assert_null(nn_model_metadata_get(m, "xreg.mean"));
     nn_tensor_info ti;
@@ -500,8 +505,13 @@ static void test_dynamic_batch_and_metadata(void **state)
     assert_true(ti.batch_dynamic);
     assert_int_equal(ti.sample_bytes, 16);
     assert_int_equal(nn_model_max_batch(m), 4);
-    assert_int_equal(nn_session_new(m, 0, &s, &err), XR_E_CONFIG);
-    assert_int_equal(nn_session_new(m, 2, &s, &err), XR_OK);
+    /* a primitive keeps the thread count it was created with: sessions must use the model's */
+    assert_int_equal(nn_session_new(m, threads + 1, &s, &err), XR_E_CONFIG);
+    assert_non_null(strstr(err.msg, "nn_params.n_threads"));
+    assert_int_equal(nn_session_new(m, -1, &s, &err), XR_E_CONFIG);
+    assert_int_equal(nn_session_new(m, 0, &s, &err), XR_OK); /* 0: the model's */
+    nn_session_free(s);
+    assert_int_equal(nn_session_new(m, threads, &s, &err), XR_OK);
     float x[12] = {0, 0, 0, 0, -2, 2, 1, 1, 3, 3, 3, 3}, y[12];
     const void *in[1] = {x};
     void *out[1] = {y};
@@ -530,6 +540,12 @@ static void test_dynamic_batch_and_metadata(void **state)
     assert_int_equal(nn_session_run(s, 0, in, out, &err), XR_E_INPUT);
     nn_session_free(s);
     nn_model_free(m);
+    }
+    nn_model *m = NULL;
+    p.n_threads = 0;
+    assert_int_equal(load_b(&b, &p, &m, &err), XR_E_CONFIG);
+    assert_non_null(strstr(err.msg, "n_threads 0"));
+    p.n_threads = 1;
     p.max_batch = NN_MAX_BATCH + 1;
     assert_int_equal(load_b(&b, &p, &m, &err), XR_E_LIMIT);
 }
@@ -655,6 +671,74 @@ static void test_sessions_in_threads(void **state)
     nn_model_free(m);
 }
 
+/* y = Conv(x, w) on [1, 8, 16, 16] (oneDNN's JIT convolution): small, but still split over
+ * every thread the primitive was created for. */
+static void conv_model(builder *b)
+{
+    static int64_t xd[4] = {1, 8, 16, 16}, wd[4] = {8, 8, 3, 3}, yd[4] = {1, 8, 14, 14};
+    static float w[576];
+    for (int i = 0; i < 576; i++)
+        w[i] = sinf((float)i) * 0.1f;
+    b_init(b, 13);
+    b_input(b, "x", 4, xd);
+    b_init_f32(b, "w", 4, wd, w, sizeof(w));
+    b_node(b, "Conv", "conv", "x", "w", "y");
+    b_output(b, "y", 4, yd);
+}
+
+/* Child side of test_threads_honoured: load the conv model for `threads`, run it, and exit
+ * with the number of threads the process then has (OpenMP keeps its workers). */
+static int thread_probe(int threads)
+{
+    builder b;
+    conv_model(&b);
+    nn_params p = nn_params_default();
+    p.n_threads = threads;
+    nn_model *m = NULL;
+    nn_session *s = NULL;
+    xr_error err = XR_ERROR_INIT;
+    static float x[2048], y[1568];
+    const void *in[1] = {x};
+    void *out[1] = {y};
+    if (load_b(&b, &p, &m, &err) || nn_session_new(m, threads, &s, &err))
+        return 100;
+    for (int i = 0; i < 3; i++)
+        if (nn_session_run(s, 1, in, out, &err))
+            return 101;
+    int n = 0;
+    char path[64];
+    for (int t = 1; t < 1 << 22 && n < 64; t++) {
+        snprintf(path, sizeof(path), "/proc/self/task/%d", t);
+        n += access(path, F_OK) == 0;
+    }
+    nn_session_free(s);
+    nn_model_free(m);
+    return n;
+}
+
+/* A 1-thread model must not start a second OpenMP thread even where the loading thread's
+ * default is more (the child inherits OMP_NUM_THREADS=4), and a 2-thread one uses 2. A fresh
+ * process per count, since OpenMP workers outlive the run. */
+static void test_threads_honoured(void **state)
+{
+    (void)state;
+    for (int threads = 1; threads <= 2; threads++) {
+        pid_t pid = fork();
+        assert_true(pid >= 0);
+        if (pid == 0) {
+            char arg[16];
+            snprintf(arg, sizeof(arg), "%d", threads);
+            setenv("OMP_NUM_THREADS", "4", 1);
+            execl("/proc/self/exe", "test-nn-load", "--thread-probe", arg, (char *)NULL);
+            _exit(102);
+        }
+        int status = 0;
+        assert_int_equal(waitpid(pid, &status, 0), pid);
+        assert_true(WIFEXITED(status));
+        assert_int_equal(WEXITSTATUS(status), threads);
+    }
+}
+
 static void test_claimed_list(void **state)
 {
     (void)state;
@@ -668,8 +752,10 @@ static void test_claimed_list(void **state)
     assert_false(nn_op_is_claimed(NULL));
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    if (argc == 3 && strcmp(argv[1], "--thread-probe") == 0)
+        return thread_probe(atoi(argv[2]));
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_valid_model_runs),
         cmocka_unit_test(test_truncated_and_corrupt),
@@ -682,6 +768,7 @@ int main(void)
         cmocka_unit_test(test_dynamic_batch_and_metadata),
         cmocka_unit_test(test_fusion_matches_reference),
         cmocka_unit_test(test_sessions_in_threads),
+        cmocka_unit_test(test_threads_honoured),
         cmocka_unit_test(test_claimed_list),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
