@@ -448,8 +448,9 @@ static int cmd_bench(const char *path, uint32_t batch, int threads, int runs)
     nn_model_stats st;
     nn_model_stats_get(m, &st);
     if (threads > 1 && b_eff > 1)
-        printf("batch runs: %s\n", st.side_by_side ? "samples side by side, one per thread"
-                                                   : "every thread in every step");
+        printf("batch runs: %s (%u at a time per thread)\n",
+               st.side_by_side ? "samples side by side" : "every thread in every step",
+               st.side_by_side ? st.lane_batch : b_eff);
     printf("load: %.3f s\n", t_load);
     printf("latency: median %.2f ms, min %.2f ms, mean %.2f ms\n", times[runs / 2] * 1e3,
            times[0] * 1e3, sum / runs * 1e3);

@@ -40,6 +40,9 @@ struct nn_model {
     dnnl_stream_t stream;
     uint32_t max_batch;
     int n_threads;
+    /* side by side (nn_session_run): lanes run plan 0 one sample at a time, or, with
+     * lane_chunks, plan 1 (created for 1 thread) on a chunk of samples each */
+    bool side_by_side, lane_chunks;
     bool dynamic;
     size_t arena_bytes, scratch_bytes; /* largest over the plans: what a session allocates */
     size_t n_meta;
@@ -114,6 +117,19 @@ static void profile_print(const nn_session *s)
                     total > 0 ? 100.0 * t / total : 0.0);
         }
         free(seen);
+        if (strcmp(getenv("XREG_NN_PROFILE"), "steps") != 0)
+            continue;
+        /* every step, with its output's shape: which of a type's steps cost */
+        for (size_t st = 0; st < pl->n_steps; st++) {
+            const nn_node *n = &pl->g.nodes[pl->steps[st]];
+            const nn_value *y = &pl->g.values[n->out[0]];
+            char dims[96] = "";
+            for (int d = 0, o = 0; d < y->rank && o < (int)sizeof(dims) - 24; d++)
+                o += snprintf(dims + o, sizeof(dims) - (size_t)o, "%s%lld", d ? "x" : "",
+                              (long long)y->dims[d]);
+            fprintf(stderr, "  step %4zu %-22s %-24s %9.3f ms\n", st, n->op_type, dims,
+                    ln->prof_ns[p][st] / 1e6 / (double)ln->prof_runs[p]);
+        }
     }
 }
 
@@ -591,22 +607,17 @@ static xr_code compile_plan(nn_model *m, nn_plan *pl, const nn_graph *donor, con
 }
 
 /*
- * Whether a batch runs best as samples side by side, one per thread (nn_session_run), rather
- * than through the batch plan with every thread in every step. Side by side has no barrier
- * between steps and keeps each sample's activations in its own core's cache, which pays for
- * convolutional networks (efficientnet_b0 at batch 8 on 2 threads: 120 vs 105 images/s,
- * resnet50 even). It loses where products with constant weights carry the work (vit_b_16:
- * 3.2-3.8 vs 3.9-4.1 images/s), because oneDNN's AVX2 sgemm packs the weights at every call
- * and the batch plan's taller products pay that once per batch. So: side by side when
- * convolutions do at least as many multiply-adds as constant-weight MatMul/Gemm.
+ * Whether convolutions do at least as many multiply-adds as MatMul/Gemm with constant weights:
+ * such a model runs a batch one sample per thread (nn_session_run); a product-heavy one runs
+ * chunks, since oneDNN's AVX2 sgemm packs the weights at every call and taller products pay
+ * that once per chunk (measured: docs/nn.md "Samples side by side").
  */
-static bool side_by_side_pays(const nn_plan *pl)
+static bool convolutions_dominate(const nn_graph *g)
 {
-    const nn_graph *g = &pl->g;
     double conv = 0, products = 0;
-    for (size_t st = 0; st < pl->n_steps; st++) {
-        const nn_node *n = &g->nodes[pl->steps[st]];
-        if (n->n_in < 2 || n->in[1] < 0 || n->n_out < 1)
+    for (size_t i = 0; i < g->n_nodes; i++) {
+        const nn_node *n = &g->nodes[i];
+        if (n->dead || n->n_in < 2 || n->in[1] < 0 || n->n_out < 1)
             continue;
         const nn_value *w = &g->values[n->in[1]], *y = &g->values[n->out[0]];
         bool constant = w->data || w->released || w->borrowed || w->is_initializer;
@@ -640,11 +651,17 @@ static xr_code compile(nn_model *m, Onnx__ModelProto **mpp, const char *base_dir
         return rc;
     m->dynamic = dyn;
     m->max_batch = dyn ? p->max_batch : 1;
+    uint32_t threads = (uint32_t)p->n_threads, chunk = (m->max_batch + threads - 1) / threads;
+    if (threads > 1 && m->max_batch >= threads) {
+        m->side_by_side = convolutions_dominate(&p1->g);
+        m->lane_chunks = !m->side_by_side && chunk >= 2;
+        m->side_by_side = m->side_by_side || m->lane_chunks;
+    }
     if (m->max_batch > 1) {
         /* the batch graph borrows the batch-1 graph's initializers: one copy of the weights */
         bool dyn_b = false;
         m->n_plans = 2;
-        pb->batch = m->max_batch;
+        pb->batch = m->lane_chunks ? chunk : m->max_batch;
         if ((rc = nn_graph_build(mp, base_dir, pb->batch, p, &p1->g, &pb->g, &dyn_b, err)) ||
             (rc = check_batch(&p1->g, &pb->g, pb->batch, err)))
             return rc;
@@ -658,9 +675,11 @@ static xr_code compile(nn_model *m, Onnx__ModelProto **mpp, const char *base_dir
      * thread), and splits the primitive's work for that count at every run */
     m->n_threads = p->n_threads;
     int saved_threads = omp_get_max_threads();
-    omp_set_num_threads(p->n_threads);
-    for (int i = 0; !rc && i < m->n_plans; i++)
+    for (int i = 0; !rc && i < m->n_plans; i++) {
+        /* the lanes' chunk plan only ever runs on one thread */
+        omp_set_num_threads(i && m->lane_chunks ? 1 : p->n_threads);
         rc = compile_plan(m, &m->plan[i], i ? &p1->g : NULL, p, err);
+    }
     omp_set_num_threads(saved_threads);
     if (rc)
         return rc;
@@ -670,8 +689,8 @@ static xr_code compile(nn_model *m, Onnx__ModelProto **mpp, const char *base_dir
     release_weights(&p1->g, m->n_plans > 1 ? &pb->g : NULL);
     m->stats.n_steps = p1->n_steps;
     m->stats.arena_bytes = m->arena_bytes;
-    m->stats.side_by_side = m->n_threads > 1 && m->max_batch >= (uint32_t)m->n_threads &&
-                            side_by_side_pays(p1);
+    m->stats.side_by_side = m->side_by_side;
+    m->stats.lane_batch = m->lane_chunks ? pb->batch : 1;
     return XR_OK;
 }
 
@@ -931,7 +950,7 @@ static xr_code lane_init(const nn_model *m, nn_lane *ln, int n_plans, bool prof,
 /* Lanes a session needs: one per thread when runs of n_threads samples or more can happen. */
 static int session_lanes(const nn_model *m)
 {
-    return m->stats.side_by_side ? m->n_threads : 1;
+    return m->side_by_side ? m->n_threads : 1;
 }
 
 xr_code nn_session_new(const nn_model *m, int n_threads, nn_session **ret_session, xr_error *err)
@@ -960,7 +979,7 @@ xr_code nn_session_new(const nn_model *m, int n_threads, nn_session **ret_sessio
     const char *prof = getenv("XREG_NN_PROFILE");
     bool profile = prof && *prof && strcmp(prof, "0") != 0;
     for (int i = 0; i < session_lanes(m) && !rc; i++)
-        rc = lane_init(m, &s->lane[i], i ? 1 : m->n_plans, profile && !i, err);
+        rc = lane_init(m, &s->lane[i], i && !m->lane_chunks ? 1 : m->n_plans, profile && !i, err);
     if (rc) {
         nn_session_free(s);
         return rc;
@@ -1029,30 +1048,52 @@ static xr_code run_plan(const nn_model *m, nn_lane *ln, int p, uint32_t first, u
     return XR_OK;
 }
 
+/* Lane work item i of a side-by-side run over samples [0, n): sample i through the batch-1
+ * plan, or with lane_chunks the i-th of n_threads near-equal chunks through the chunk plan
+ * (padded when that costs less than one batch-1 run per sample, NN_PAD_NUM/NN_PAD_DEN). */
+static xr_code run_item(const nn_session *s, nn_lane *ln, uint32_t i, uint32_t n,
+                        const void *const *inputs, void *const *outputs, xr_error *err)
+{
+    const nn_model *m = s->m;
+    if (!m->lane_chunks)
+        return run_plan(m, ln, 0, i, 1, inputs, outputs, err);
+    uint32_t t = (uint32_t)s->n_threads, first = (uint32_t)((uint64_t)n * i / t),
+             k = (uint32_t)((uint64_t)n * (i + 1) / t) - first, chunk = m->plan[1].batch;
+    if (k && (uint64_t)k * NN_PAD_DEN >= (uint64_t)chunk * NN_PAD_NUM)
+        return run_plan(m, ln, 1, first, k, inputs, outputs, err);
+    xr_code rc = XR_OK;
+    for (uint32_t j = 0; j < k && !rc; j++)
+        rc = run_plan(m, ln, 0, first + j, 1, inputs, outputs, err);
+    return rc;
+}
+
 /*
- * Samples [0, n) one per thread, each thread on its own lane with the batch-1 plan. Inside
- * this parallel region oneDNN runs every primitive on the calling thread alone, so there is
- * no barrier between steps: a thread that finishes takes the next sample, and a CPU slowed by
- * another process delays only the samples it holds. (Splitting each primitive over the
- * threads instead makes every step wait for the slowest thread.)
+ * Samples [0, n) side by side, each thread on its own lane. Inside this parallel region
+ * oneDNN runs every primitive on the calling thread alone, so there is no barrier between
+ * steps; one sample at a time, a thread that finishes takes the next sample, and a CPU slowed
+ * by another process delays only the samples it holds. (Splitting each primitive over the
+ * threads instead makes every step wait for the slowest thread.) Chunks (product-heavy
+ * models) are one per thread: their plan's taller products pay oneDNN's per-call weight
+ * packing once per chunk.
  */
 static xr_code run_side_by_side(nn_session *s, uint32_t n, const void *const *inputs,
                                 void *const *outputs, xr_error *err)
 {
     xr_code rc = XR_OK;
     int failed = 0;
+    uint32_t items = s->m->lane_chunks ? (uint32_t)s->n_threads : n;
 #pragma omp parallel num_threads(s->n_threads)
     {
         nn_lane *ln = &s->lane[omp_get_thread_num()];
         xr_error e = XR_ERROR_INIT;
 #pragma omp for schedule(dynamic, 1)
-        for (uint32_t i = 0; i < n; i++) {
+        for (uint32_t i = 0; i < items; i++) {
             int stop;
 #pragma omp atomic read
             stop = failed;
             if (stop)
                 continue;
-            xr_code r = run_plan(s->m, ln, 0, i, 1, inputs, outputs, &e);
+            xr_code r = run_item(s, ln, i, n, inputs, outputs, &e);
             if (r) {
 #pragma omp critical(nn_side_by_side_error)
                 if (!rc) {
@@ -1088,16 +1129,18 @@ xr_code nn_session_run(nn_session *s, uint32_t n_batch, const void *const *input
     xr_code rc;
     uint32_t done = 0, lanes = (uint32_t)session_lanes(m);
     if (lanes > 1 && n_batch >= lanes) {
-        done = n_batch - n_batch % lanes;
+        done = m->lane_chunks ? n_batch : n_batch - n_batch % lanes;
         if ((rc = run_side_by_side(s, done, inputs, outputs, err)))
             return rc;
     }
     /* what is left: the batch plan, padded, when it costs less than that many batch-1 runs
-     * (NN_PAD_NUM/NN_PAD_DEN in nn-internal.h), else one sample at a time */
+     * (NN_PAD_NUM/NN_PAD_DEN in nn-internal.h), else one sample at a time; a chunk plan is
+     * for lanes only */
     uint32_t bmax = m->n_plans > 1 ? m->plan[1].batch : 1;
     while (done < n_batch) {
         uint32_t r = n_batch - done;
-        if (m->n_plans > 1 && (uint64_t)r * NN_PAD_DEN >= (uint64_t)bmax * NN_PAD_NUM) {
+        if (m->n_plans > 1 && !m->lane_chunks &&
+            (uint64_t)r * NN_PAD_DEN >= (uint64_t)bmax * NN_PAD_NUM) {
             uint32_t k = r < bmax ? r : bmax;
             rc = run_plan(m, &s->lane[0], 1, done, k, inputs, outputs, err);
             done += k;

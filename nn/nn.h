@@ -75,8 +75,8 @@ typedef struct nn_params {
      * symbolic). Above 1 the graph is compiled for batch 1 and for max_batch (weights shared;
      * each session's activation arena grows about linearly with max_batch), and the load
      * checks that the graph never mixes samples (XR_E_UNSUPPORTED if it does). A run of n
-     * uses the max_batch plan (padded) for n >= max_batch/2, else n batch-1 runs (but see
-     * nn_session_run for n_threads > 1). Ignored for fixed-batch models. */
+     * uses the max_batch plan (padded) for n >= max_batch/2, else n batch-1 runs (with
+     * n_threads > 1 see nn_session_run). Ignored for fixed-batch models. */
     uint32_t max_batch;
     /* Graph rewrites (BatchNormalization folding, activation/residual fusion). Off only to debug
      * a suspected fusion bug: results must be the same either way. */
@@ -148,7 +148,8 @@ typedef struct nn_model_stats {
     size_t n_fused;          /* nodes absorbed by fusion */
     size_t arena_bytes;      /* activation memory per session, for max_batch */
     bool side_by_side;       /* runs of n_threads samples or more give each thread whole
-                              * samples (convolutional models; see nn_session_run) */
+                              * samples (see nn_session_run) */
+    uint32_t lane_batch;     /* ... lane_batch at a time */
     const char *producer;    /* producer_name + version, borrowed */
 } nn_model_stats;
 void nn_model_stats_get(const nn_model *m, nn_model_stats *ret);
@@ -177,10 +178,11 @@ nn_session *nn_session_free(nn_session *s);
  * inputs[i] holds n_batch x sample_bytes of input i (dense, row-major, the model's type);
  * outputs[i] receives n_batch x sample_bytes of output i. XR_E_INPUT for a bad n_batch or
  * NULL buffers; XR_E_INTERNAL if oneDNN fails.
- * With T > 1 threads and a convolutional model (nn_model_stats.side_by_side), the first
- * n_batch - n_batch % T samples run one per thread at a time (each thread takes the next
- * sample when it is done, so a slowed CPU holds back only its own samples); the rest, single
- * samples, and batches of other models use all T threads inside each step.
+ * With T > 1 threads (nn_model_stats.side_by_side) a run of n_batch >= T samples gives each
+ * thread whole samples: for a convolutional model the first n_batch - n_batch % T one at a
+ * time (a thread takes the next sample when it is done, so a slowed CPU holds back only its
+ * own), for a product-heavy one (ViT) T near-equal chunks through a plan compiled for
+ * ceil(max_batch / T) samples. The rest, and single samples, use all T threads in each step.
  */
 __attribute__((warn_unused_result)) xr_code nn_session_run(nn_session *s, uint32_t n_batch,
                                                            const void *const *inputs,

@@ -199,6 +199,20 @@ static void relu_add_model(builder *b, bool dynamic)
     b_output(b, "y", 2, dynamic ? dd : xd);
 }
 
+/* y = x W, x [batch, 4], W constant [4, 4]: a product-heavy model (chunks side by side) */
+static void matmul_model(builder *b)
+{
+    static int64_t xd[2] = {-1, 4}, wd[2] = {4, 4};
+    static float w[16];
+    for (int i = 0; i < 16; i++)
+        w[i] = (float)(i % 5) - 1.5f;
+    b_init(b, 13);
+    b_input(b, "x", 2, xd);
+    b_init_f32(b, "w", 2, wd, w, sizeof(w));
+    b_node(b, "MatMul", "mm", "x", "w", "y");
+    b_output(b, "y", 2, xd);
+}
+
 /* ---------------------------------------------------------------- tests */
 
 static void test_valid_model_runs(void **state)
@@ -550,6 +564,55 @@ static void test_dynamic_batch_and_metadata(void **state)
     assert_int_equal(load_b(&b, &p, &m, &err), XR_E_LIMIT);
 }
 
+/* Every way a batch can run gives each sample the result it gets alone: 1 thread (batch plan
+ * or batch-1 runs), samples side by side (elementwise model: no product outweighs the
+ * convolutions it lacks) and chunks side by side (a MatMul model), for every batch size. */
+static void test_side_by_side_paths(void **state)
+{
+    (void)state;
+    for (int kind = 0; kind < 2; kind++) {
+        for (int threads = 1; threads <= 3; threads++) {
+            builder b;
+            if (kind)
+                matmul_model(&b);
+            else
+                relu_add_model(&b, true);
+            nn_params p = nn_params_default();
+            p.max_batch = 4;
+            p.n_threads = threads;
+            nn_model *m = NULL;
+            nn_session *s = NULL;
+            xr_error err = XR_ERROR_INIT;
+            assert_int_equal(load_b(&b, &p, &m, &err), XR_OK);
+            nn_model_stats st;
+            nn_model_stats_get(m, &st);
+            assert_int_equal(st.side_by_side, threads > 1);
+            assert_int_equal(st.lane_batch, threads > 1 && kind ? 2 : 1);
+            assert_int_equal(nn_session_new(m, threads, &s, &err), XR_OK);
+            float x[16], y1[16], y[16];
+            for (int i = 0; i < 16; i++)
+                x[i] = sinf((float)i * 0.9f) * 3.0f;
+            for (int r = 0; r < 4; r++) {
+                const void *in1[1] = {x + 4 * r};
+                void *out1[1] = {y1 + 4 * r};
+                assert_int_equal(nn_session_run(s, 1, in1, out1, &err), XR_OK);
+            }
+            for (uint32_t n = 1; n <= 4; n++) {
+                const void *in[1] = {x};
+                void *out[1] = {y};
+                memset(y, 0xff, sizeof(y));
+                assert_int_equal(nn_session_run(s, n, in, out, &err), XR_OK);
+                for (uint32_t i = 0; i < 4 * n; i++)
+                    assert_float_equal(y[i], y1[i], 1e-5);
+                for (uint32_t i = 4 * n; i < 16; i++)
+                    assert_true(isnan(y[i]));
+            }
+            nn_session_free(s);
+            nn_model_free(m);
+        }
+    }
+}
+
 /* Conv2 ; Conv1 -> BatchNormalization -> Add(conv2) -> Relu: optimized == unoptimized */
 static void test_fusion_matches_reference(void **state)
 {
@@ -766,6 +829,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_graph_structure),
         cmocka_unit_test(test_external_data),
         cmocka_unit_test(test_dynamic_batch_and_metadata),
+        cmocka_unit_test(test_side_by_side_paths),
         cmocka_unit_test(test_fusion_matches_reference),
         cmocka_unit_test(test_sessions_in_threads),
         cmocka_unit_test(test_threads_honoured),
