@@ -4,7 +4,8 @@
 In one invocation, on the same machine: xreg (`xregctl nn-bench`), onnxruntime-node (CPU, npm)
 and Debian's PyTorch (TorchScript-frozen) run resnet50, efficientnet_b0 and vit_b_16 at 224x224:
 median latency at batch 1 and images/s at batch 8, with 1 and 2 threads. Each measurement is a
-process of its own (warm-up runs, then --runs timed runs, median); the engines are interleaved
+process of its own (warm-up runs, then timed runs: --runs-b1/--runs-b8, more where needed to
+time --min-seconds; median); the engines are interleaved
 (rotating order) over --rounds rounds and the figure is the median over rounds, so slow phases
 of a shared machine hit every engine alike. Peak resident memory comes from wait4()'s ru_maxrss
 of each engine's process at resnet50 batch 8. The machine's fp32 matrix-multiply peak is
@@ -140,8 +141,12 @@ def main():
     ap.add_argument('--engines', default=','.join(ENGINES), help='xreg, ort, torch')
     ap.add_argument('--threads', default='1,2')
     ap.add_argument('--rounds', type=int, default=3)
-    ap.add_argument('--runs-b1', type=int, default=15, help='timed runs per process at batch 1')
-    ap.add_argument('--runs-b8', type=int, default=5, help='timed runs per process at batch 8')
+    ap.add_argument('--runs-b1', type=int, default=15, help='timed runs per process at batch 1 (at least)')
+    ap.add_argument('--runs-b8', type=int, default=5, help='timed runs per process at batch 8 (at least)')
+    ap.add_argument('--min-seconds', type=float, default=1.0,
+                    help='more timed runs where needed so each process times at least this long '
+                         '(estimated from the figures so far): a 10 ms model timed 15 times is '
+                         'at the mercy of one slow phase of a shared machine')
     ap.add_argument('--warmup', type=int, default=2)
     ap.add_argument('--variant', default='op17-fold', help='which export the ONNX engines run')
     ap.add_argument('--models-dir', default=os.environ.get('XREG_NN_MODELS', str(BUILD / 'tests' / 'nn' / 'models')))
@@ -193,6 +198,13 @@ def main():
             for t in args.threads:
                 for batch in (1, 8):
                     runs = args.runs_b1 if batch == 1 else args.runs_b8
+                    # expected ms per run: what any engine measured so far, else the sgemm peak
+                    seen = [v for (n, mm, tt, bb), vs in samples.items()
+                            if (mm, tt, bb) == (m, t, batch) for v in vs]
+                    est = (statistics.median(seen) if seen else
+                           info[m]['gflop'] * batch * 1000.0 / (0.5 * peaks[t][-1]) if peaks[t] else None)
+                    if est:
+                        runs = min(500, max(runs, int(args.min_seconds * 1000.0 / est + 0.999)))
                     for e in order:
                         cmd = e.command(m, info[m]['path'], info[m]['size'], batch, t, runs)
                         loads.append(os.getloadavg()[0])
@@ -244,8 +256,8 @@ def main():
                                 'speed_vs_ort': ratio, 'percent_of_sgemm_peak': pk,
                                 'rounds': {n: samples.get((n, m, t, b), []) for n in names}})
     print()
-    print(f'nn benchmark: {args.rounds} rounds, {args.runs_b1}/{args.runs_b8} timed runs per process '
-          f'at batch 1/8, ONNX variant {args.variant}, {os.cpu_count()} CPUs, '
+    print(f'nn benchmark: {args.rounds} rounds, at least {args.runs_b1}/{args.runs_b8} timed runs and '
+          f'{args.min_seconds:g} s per process at batch 1/8, ONNX variant {args.variant}, {os.cpu_count()} CPUs, '
           f'{time.monotonic() - t_start:.0f}s')
     ncpu = os.cpu_count() or 1
     if loads:
@@ -277,8 +289,12 @@ def main():
                 continue
             for b in (1, 8):
                 x, o = med('xreg', m, t, b), med('ort', m, t, b)
+                xs, os_ = samples.get(('xreg', m, t, b), []), samples.get(('ort', m, t, b), [])
+                per_round = [a / c for a, c in zip(os_, xs)]
+                spread = (f', rounds {min(per_round):.2f}-{max(per_round):.2f}'
+                          if len(per_round) > 1 else '')
                 if x and o:
-                    print(f'  {m} b{b}: xreg/onnxruntime {o / x:.2f} (target >= {goal}) '
+                    print(f'  {m} b{b}: xreg/onnxruntime {o / x:.2f} (target >= {goal}{spread}) '
                           f'{"met" if o / x >= goal else "NOT met"}')
                 else:
                     print(f'  {m} b{b}: n/a')
