@@ -447,10 +447,10 @@ static int cmd_bench(const char *path, uint32_t batch, int threads, int runs)
     printf("model: %s\nbatch: %u  threads: %d  runs: %d\n", path, b_eff, threads, runs);
     nn_model_stats st;
     nn_model_stats_get(m, &st);
-    if (threads > 1 && b_eff > 1)
-        printf("batch runs: %s (%u at a time per thread)\n",
-               st.side_by_side ? "samples side by side" : "every thread in every step",
-               st.side_by_side ? st.lane_batch : b_eff);
+    if (threads > 1 && b_eff > 1 && st.side_by_side)
+        printf("batch runs: samples side by side, %u at a time per thread\n", st.lane_batch);
+    else if (threads > 1 && b_eff > 1)
+        printf("batch runs: every thread in every step\n");
     printf("load: %.3f s\n", t_load);
     printf("latency: median %.2f ms, min %.2f ms, mean %.2f ms\n", times[runs / 2] * 1e3,
            times[0] * 1e3, sum / runs * 1e3);

@@ -55,8 +55,9 @@ struct nn_model {
     nn_tensor_info *in_info, *out_info;
 };
 
-/* What one thread needs to run a plan: lane 0 runs every plan, the others (sessions of more
- * than one thread, running samples side by side) only the batch-1 plan. */
+/* What one thread needs to run a plan: lane 0 runs every plan; the others (sessions of more
+ * than one thread, running samples side by side) the batch-1 plan, and the chunk plan when
+ * the model has one. */
 typedef struct nn_lane {
     uint8_t *arena;
     void *scratch;
@@ -117,7 +118,8 @@ static void profile_print(const nn_session *s)
                     total > 0 ? 100.0 * t / total : 0.0);
         }
         free(seen);
-        if (strcmp(getenv("XREG_NN_PROFILE"), "steps") != 0)
+        const char *mode = getenv("XREG_NN_PROFILE");
+        if (!mode || strcmp(mode, "steps") != 0)
             continue;
         /* every step, with its output's shape: which of a type's steps cost */
         for (size_t st = 0; st < pl->n_steps; st++) {

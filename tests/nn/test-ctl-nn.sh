@@ -71,4 +71,18 @@ grep -Eq "MatMul +oneDNN +1 steps" <<<"$out" || fail "profile MatMul line: $out"
 grep -Eq "Softmax +oneDNN +1 steps" <<<"$out" || fail "profile Softmax line: $out"
 out=$("$xregctl" nn-bench "$dir/tiny.onnx" --batch 2 --runs 3 2>&1)
 if grep -q "nn profile" <<<"$out"; then fail "profile printed without XREG_NN_PROFILE"; fi
+# every step with its output shape
+out=$(XREG_NN_PROFILE=steps "$xregctl" nn-bench "$dir/tiny.onnx" --batch 2 --runs 3 2>&1)
+grep -Eq "step +0 MatMul +2x3 " <<<"$out" || fail "profile steps: $out"
+# 2 threads: a product model (x W) runs a batch of 2 with both threads in each step (a chunk
+# of 1 would repack the weights per sample) and a batch of 4 as one chunk of 2 per thread
+out=$("$xregctl" nn-bench "$dir/tiny.onnx" --batch 2 --threads 2 --runs 3 2>&1)
+grep -q "threads: 2" <<<"$out" && grep -q "batch runs: every thread in every step" <<<"$out" ||
+    fail "nn-bench, 2 threads: $out"
+out=$("$xregctl" nn-bench "$dir/tiny.onnx" --batch 4 --threads 2 --runs 3 2>&1)
+grep -q "batch runs: samples side by side, 2 at a time per thread" <<<"$out" ||
+    fail "nn-bench, 2 threads, batch 4: $out"
+out=$("$xregctl" nn-run "$dir/tiny.onnx" --input "$dir/in.f32" --output "$dir/out2.f32" --threads 2 2>&1) ||
+    fail "nn-run --threads 2: $out"
+cmp -s "$dir/out.f32" "$dir/out2.f32" || fail "nn-run --threads 2 differs from 1 thread"
 echo "ctl-nn: all checks passed"
