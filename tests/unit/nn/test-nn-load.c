@@ -185,6 +185,16 @@ static xr_code load_b(builder *b, const nn_params *p, nn_model **m, xr_error *er
     return rc;
 }
 
+/* Load b (must succeed) and read its stats. */
+static nn_model *load_ok(builder *b, const nn_params *p, nn_model_stats *st)
+{
+    nn_model *m = NULL;
+    xr_error err = XR_ERROR_INIT;
+    assert_int_equal(load_b(b, p, &m, &err), XR_OK);
+    nn_model_stats_get(m, st);
+    return m;
+}
+
 /* y = relu(x + w), x [batch?, 4] */
 static void relu_add_model(builder *b, bool dynamic)
 {
@@ -580,12 +590,10 @@ static void test_side_by_side_paths(void **state)
             nn_params p = nn_params_default();
             p.max_batch = 4;
             p.n_threads = threads;
-            nn_model *m = NULL;
+            nn_model_stats st;
+            nn_model *m = load_ok(&b, &p, &st);
             nn_session *s = NULL;
             xr_error err = XR_ERROR_INIT;
-            assert_int_equal(load_b(&b, &p, &m, &err), XR_OK);
-            nn_model_stats st;
-            nn_model_stats_get(m, &st);
             assert_int_equal(st.side_by_side, threads > 1);
             assert_int_equal(st.lane_batch, threads > 1 && kind ? 2 : 1);
             assert_int_equal(nn_session_new(m, threads, &s, &err), XR_OK);
@@ -659,12 +667,10 @@ static void test_fusion_matches_reference(void **state)
     for (int opt = 0; opt < 2; opt++) {
         nn_params p = nn_params_default();
         p.optimize = opt;
-        nn_model *m = NULL;
+        nn_model_stats st;
+        nn_model *m = load_ok(&b, &p, &st);
         nn_session *s = NULL;
         xr_error err = XR_ERROR_INIT;
-        assert_int_equal(load_b(&b, &p, &m, &err), XR_OK);
-        nn_model_stats st;
-        nn_model_stats_get(m, &st);
         assert_int_equal(st.n_fused, opt ? 3 : 0); /* BN, Add (sum), Relu */
         assert_int_equal(st.n_steps, opt ? 2 : 5);
         assert_int_equal(nn_session_new(m, 1, &s, &err), XR_OK);
