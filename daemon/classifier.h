@@ -101,9 +101,10 @@ typedef struct classifier_session classifier_session;
 
 /*
  * Load path through nn/ (max_batch >= 1: the largest batch a session will run; a fixed-batch
- * model gets 1; n_threads >= 1: the OpenMP threads of every session, fixed at load), validate every metadata key and the graph's input/output shapes against them,
- * compute the file's sha256, and run one warm-up inference (a zero image) whose outputs must be
- * finite (and, for xreg.output = probabilities, in [0,1] summing to 1).
+ * model gets 1; n_threads >= 1: the OpenMP threads of every session, fixed at load), validate
+ * every metadata key and the graph's input/output shapes against them, compute the file's
+ * sha256, and run one warm-up inference (a zero image) whose outputs must be finite (and,
+ * for xreg.output = probabilities, in [0,1] summing to 1).
  * Returns XR_E_IO (file), XR_E_INPUT (bad model or metadata: the message names the key, the
  * value and what was expected; the detail says how many problems there were in all),
  * XR_E_UNSUPPORTED (an op nn/ does not run), XR_E_LIMIT, XR_E_NOMEM. Free with classifier_free.

@@ -68,9 +68,8 @@ typedef struct nn_lane {
 } nn_lane;
 
 struct nn_session {
-    const nn_model *m;
-    int n_threads;
-    nn_lane *lane; /* n_threads of them */
+    const nn_model *m; /* its n_threads is the session's */
+    nn_lane *lane;     /* session_lanes(m) of them */
 };
 
 static double mono_ns(void)
@@ -655,9 +654,9 @@ static xr_code compile(nn_model *m, Onnx__ModelProto **mpp, const char *base_dir
     m->max_batch = dyn ? p->max_batch : 1;
     uint32_t threads = (uint32_t)p->n_threads, chunk = (m->max_batch + threads - 1) / threads;
     if (threads > 1 && m->max_batch >= threads) {
-        m->side_by_side = convolutions_dominate(&p1->g);
-        m->lane_chunks = !m->side_by_side && chunk >= 2;
-        m->side_by_side = m->side_by_side || m->lane_chunks;
+        bool conv = convolutions_dominate(&p1->g);
+        m->lane_chunks = !conv && chunk >= 2;
+        m->side_by_side = conv || m->lane_chunks;
     }
     if (m->max_batch > 1) {
         /* the batch graph borrows the batch-1 graph's initializers: one copy of the weights */
@@ -972,7 +971,6 @@ xr_code nn_session_new(const nn_model *m, int n_threads, nn_session **ret_sessio
     if (!s)
         return xr_error_set(err, XR_E_NOMEM, "out of memory");
     s->m = m;
-    s->n_threads = n_threads;
     s->lane = calloc((size_t)session_lanes(m), sizeof(nn_lane));
     if (!s->lane) {
         free(s);
@@ -1059,7 +1057,7 @@ static xr_code run_item(const nn_session *s, nn_lane *ln, uint32_t i, uint32_t n
     const nn_model *m = s->m;
     if (!m->lane_chunks)
         return run_plan(m, ln, 0, i, 1, inputs, outputs, err);
-    uint32_t t = (uint32_t)s->n_threads, first = (uint32_t)((uint64_t)n * i / t),
+    uint32_t t = (uint32_t)m->n_threads, first = (uint32_t)((uint64_t)n * i / t),
              k = (uint32_t)((uint64_t)n * (i + 1) / t) - first, chunk = m->plan[1].batch;
     if (k && (uint64_t)k * NN_PAD_DEN >= (uint64_t)chunk * NN_PAD_NUM)
         return run_plan(m, ln, 1, first, k, inputs, outputs, err);
@@ -1083,8 +1081,8 @@ static xr_code run_side_by_side(nn_session *s, uint32_t n, const void *const *in
 {
     xr_code rc = XR_OK;
     int failed = 0;
-    uint32_t items = s->m->lane_chunks ? (uint32_t)s->n_threads : n;
-#pragma omp parallel num_threads(s->n_threads)
+    uint32_t items = s->m->lane_chunks ? (uint32_t)s->m->n_threads : n;
+#pragma omp parallel num_threads(s->m->n_threads)
     {
         nn_lane *ln = &s->lane[omp_get_thread_num()];
         xr_error e = XR_ERROR_INIT;
@@ -1127,7 +1125,7 @@ xr_code nn_session_run(nn_session *s, uint32_t n_batch, const void *const *input
     for (size_t i = 0; i < g->n_outputs; i++)
         if (!outputs[i])
             return xr_error_set(err, XR_E_INPUT, "output %zu is NULL", i);
-    omp_set_num_threads(s->n_threads);
+    omp_set_num_threads(m->n_threads);
     xr_code rc;
     uint32_t done = 0, lanes = (uint32_t)session_lanes(m);
     if (lanes > 1 && n_batch >= lanes) {

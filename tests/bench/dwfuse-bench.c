@@ -123,6 +123,21 @@ static dnnl_memory_t scratch(dnnl_primitive_desc_t pd)
     return m;
 }
 
+/* A convolution primitive from pd with its five arguments (more may be appended). */
+static prim conv_prim(dnnl_primitive_desc_t pd, dnnl_memory_t src, dnnl_memory_t w,
+                      dnnl_memory_t b, dnnl_memory_t dst)
+{
+    prim r = {0};
+    CHECK(dnnl_primitive_create(&r.p, pd));
+    r.a[0] = (dnnl_exec_arg_t){DNNL_ARG_SRC, src};
+    r.a[1] = (dnnl_exec_arg_t){DNNL_ARG_WEIGHTS, w};
+    r.a[2] = (dnnl_exec_arg_t){DNNL_ARG_BIAS, b};
+    r.a[3] = (dnnl_exec_arg_t){DNNL_ARG_DST, dst};
+    r.a[4] = (dnnl_exec_arg_t){DNNL_ARG_SCRATCHPAD, scratch(pd)};
+    r.n = 5;
+    return r;
+}
+
 /* One timing round: ms per repetition of the primitives in order. */
 static double time_round(const prim *ps, int n_ps, int reps)
 {
@@ -223,21 +238,7 @@ static void bench(int mb, int ic, int oc, int hw, int k, int s, int count)
     dnnl_memory_t z;
     CHECK(dnnl_memory_create(&z, dnnl_primitive_desc_query_md(pdd, dnnl_query_dst_md, 0), eng,
                              DNNL_MEMORY_ALLOCATE));
-    prim un[2] = {{0}, {0}};
-    CHECK(dnnl_primitive_create(&un[0].p, pd1));
-    un[0].a[0] = (dnnl_exec_arg_t){DNNL_ARG_SRC, x};
-    un[0].a[1] = (dnnl_exec_arg_t){DNNL_ARG_WEIGHTS, w1};
-    un[0].a[2] = (dnnl_exec_arg_t){DNNL_ARG_BIAS, b1};
-    un[0].a[3] = (dnnl_exec_arg_t){DNNL_ARG_DST, y};
-    un[0].a[4] = (dnnl_exec_arg_t){DNNL_ARG_SCRATCHPAD, scratch(pd1)};
-    un[0].n = 5;
-    CHECK(dnnl_primitive_create(&un[1].p, pdd));
-    un[1].a[0] = (dnnl_exec_arg_t){DNNL_ARG_SRC, y};
-    un[1].a[1] = (dnnl_exec_arg_t){DNNL_ARG_WEIGHTS, wd};
-    un[1].a[2] = (dnnl_exec_arg_t){DNNL_ARG_BIAS, bd};
-    un[1].a[3] = (dnnl_exec_arg_t){DNNL_ARG_DST, z};
-    un[1].a[4] = (dnnl_exec_arg_t){DNNL_ARG_SCRATCHPAD, scratch(pdd)};
-    un[1].n = 5;
+    prim un[2] = {conv_prim(pd1, x, w1, b1, y), conv_prim(pdd, y, wd, bd, z)};
     int reps = (int)(1e8 / ((double)mb * oc * hw * hw * (ic + 9))) + 2;
     printf("b%d %4d->%-4d %3dx%-3d k%d s%d x%d  unfused (%s + %s)", mb, ic, oc, hw, hw, k, s,
            count, impl(pd1), impl(pdd));
@@ -262,13 +263,7 @@ static void bench(int mb, int ic, int oc, int hw, int k, int s, int count)
     dnnl_memory_t fbdm = filled(fbd, 1, b1d, 5, 0.5f);
     dnnl_memory_t fzm;
     CHECK(dnnl_memory_create(&fzm, fz, eng, DNNL_MEMORY_ALLOCATE));
-    prim fu = {0};
-    CHECK(dnnl_primitive_create(&fu.p, pdf));
-    fu.a[0] = (dnnl_exec_arg_t){DNNL_ARG_SRC, fxm};
-    fu.a[1] = (dnnl_exec_arg_t){DNNL_ARG_WEIGHTS, fw1};
-    fu.a[2] = (dnnl_exec_arg_t){DNNL_ARG_BIAS, b1};
-    fu.a[3] = (dnnl_exec_arg_t){DNNL_ARG_DST, fzm};
-    fu.a[4] = (dnnl_exec_arg_t){DNNL_ARG_SCRATCHPAD, scratch(pdf)};
+    prim fu = conv_prim(pdf, fxm, fw1, b1, fzm);
     fu.a[5] = (dnnl_exec_arg_t){DNNL_ARG_ATTR_POST_OP_DW | DNNL_ARG_WEIGHTS, fwdm};
     fu.a[6] = (dnnl_exec_arg_t){DNNL_ARG_ATTR_POST_OP_DW | DNNL_ARG_BIAS, fbdm};
     fu.n = 7;
