@@ -292,7 +292,7 @@ xr_code nn_layout_fixup(nn_graph *g, xr_error *err)
         /* these oneDNN steps read any layout; MatMul/Gemm and reference kernels want plain */
         bool any = (n->prim && (strcmp(n->op_type, "Conv") == 0 || strcmp(n->op_type, "Add") == 0 ||
                                 strcmp(n->op_type, "Mul") == 0 || strstr(n->op_type, "Pool"))) ||
-                   n->op == &nn_op_squeeze_excitation; /* reads nChw8c itself */
+                   n->op == &nn_op_squeeze_excitation || n->wino; /* read nChw8c themselves */
         for (int k = any ? n->n_in : 0; k < n->n_in; k++) {
             if (n->in[k] < 0 || !g->values[n->in[k]].blocked)
                 continue;
@@ -560,9 +560,56 @@ static xr_code se_run(const nn_graph *g, const nn_node *n, nn_exec *xe, xr_error
 const nn_op nn_op_squeeze_excitation = {"SqueezeExcitation", 5, 5, 1, 1, NULL, se_run,
                                         se_prepare, false};
 
+/* ---------------------------------------------------------------- Winograd convolutions */
+
+static xr_code wino_step(const nn_graph *g, const nn_node *n, nn_exec *xe, xr_error *err)
+{
+    (void)err;
+    const nn_value *x = IN(0);
+    nn_wino_run(n->wino, nn_ptr(g, xe, n->in[0]), HAS(2) ? nn_ptr(g, xe, n->in[2]) : NULL,
+                n->n_post > 0, nn_ptr(g, xe, n->out[0]), x->dims[0], x->dims[2], x->dims[3],
+                xe->scratch, nn_threads());
+    return XR_OK;
+}
+
+/* A Conv that nn_conv_prepare hands to nn-wino.c: no oneDNN primitive, nChw8c in and out. */
+static const nn_op nn_op_conv_winograd = {"Conv", 2, 3, 1, 1, NULL, wino_step, NULL, false};
+
+/* Input reordered to nChw8c if it is held otherwise; weights transformed once per model (the
+ * batch plan borrows the batch-1 plan's). */
+static xr_code wino_prepare(nn_graph *g, nn_node *n, xr_error *err)
+{
+    xr_code rc = XR_OK;
+    const nn_value *x = IN(0), *w = IN(1), *y = OUTV(0);
+    dnnl_memory_desc_t xmd, xb, yb;
+    dnnl_dims_t xd = {x->dims[0], x->dims[1], x->dims[2], x->dims[3]},
+                yd = {y->dims[0], y->dims[1], y->dims[2], y->dims[3]};
+    CK(dnnl_memory_desc_init_by_tag(&xb, 4, xd, dnnl_f32, dnnl_aBcd8b), "Winograd source");
+    CK(dnnl_memory_desc_init_by_tag(&yb, 4, yd, dnnl_f32, dnnl_aBcd8b), "Winograd result");
+    if ((rc = value_md(n, x, &xmd, err)) ||
+        (!dnnl_memory_desc_equal(&xmd, &xb) && (rc = add_pre(g, n, &n->in[0], &xb, err))))
+        return rc;
+    set_layout(n, OUTV(0), &yb);
+    size_t i = (size_t)(n - g->nodes);
+    const nn_node *dn = g->donor && i < g->donor->n_nodes ? &g->donor->nodes[i] : NULL;
+    if (dn && dn->wino && strcmp(dn->name, n->name) == 0 && dn->in[1] == n->in[1])
+        n->wino = nn_wino_borrow(dn->wino);
+    else
+        n->wino = nn_wino_new(w->data, w->dims[0], w->dims[1]);
+    if (!n->wino)
+        return xr_error_set(err, XR_E_NOMEM, "out of memory transforming the weights of \"%s\"",
+                            n->name);
+    n->scratch_bytes = nn_wino_scratch_bytes(n->wino, x->dims[0], x->dims[2], x->dims[3]);
+    n->op = &nn_op_conv_winograd;
+out:
+    return rc;
+}
+
 xr_code nn_conv_prepare(nn_graph *g, nn_node *n, xr_error *err)
 {
     xr_code rc;
+    if (nn_wino_eligible(g, n))
+        return wino_prepare(g, n, err);
     const nn_value *x = IN(0), *w = IN(1), *y = OUTV(0);
     dnnl_memory_desc_t smd, dmd, wmd, wuser, bmd, xmd;
     dnnl_primitive_attr_t attr = NULL; /* before the first CK: its "goto out" frees them */
@@ -979,6 +1026,8 @@ void nn_node_dnnl_free(nn_node *n)
         if (n->args[i].value == -1 && n->args[i].mem)
             dnnl_memory_destroy(n->args[i].mem);
     n->n_args = 0;
+    nn_wino_free(n->wino);
+    n->wino = NULL;
 }
 
 /* ---------------------------------------------------------------- references (folding) */

@@ -79,8 +79,13 @@ static double mono_ns(void)
     return (double)ts.tv_sec * 1e9 + (double)ts.tv_nsec;
 }
 
-/* Time per op type (oneDNN primitive or reference kernel), per run, on stderr: where a model
- * spends its time, without DNNL_VERBOSE's per-call lines. */
+static const char *step_engine(const nn_node *n)
+{
+    return n->prim ? "oneDNN" : n->wino ? "Winograd" : "reference";
+}
+
+/* Time per op type and engine (oneDNN primitive, Winograd, nn's own kernel), per run, on
+ * stderr: where a model spends its time, without DNNL_VERBOSE's per-call lines. */
 static void profile_print(const nn_session *s)
 {
     const nn_lane *ln = &s->lane[0];
@@ -101,19 +106,18 @@ static void profile_print(const nn_session *s)
             if (seen[st])
                 continue;
             const nn_node *n = &pl->g.nodes[pl->steps[st]];
-            bool dnnl = n->prim != NULL;
+            const char *engine = step_engine(n);
             double t = 0;
             int count = 0;
             for (size_t o = st; o < pl->n_steps; o++) {
                 const nn_node *q = &pl->g.nodes[pl->steps[o]];
-                if (!seen[o] && (q->prim != NULL) == dnnl && strcmp(q->op_type, n->op_type) == 0) {
+                if (!seen[o] && step_engine(q) == engine && strcmp(q->op_type, n->op_type) == 0) {
                     seen[o] = true;
                     t += ln->prof_ns[p][o];
                     count++;
                 }
             }
-            fprintf(stderr, "  %-22s %-9s %4d steps %9.3f ms %5.1f%%\n", n->op_type,
-                    dnnl ? "oneDNN" : "reference", count, t / 1e6 / (double)ln->prof_runs[p],
+            fprintf(stderr, "  %-22s %-9s %4d steps %9.3f ms %5.1f%%\n", n->op_type, engine, count, t / 1e6 / (double)ln->prof_runs[p],
                     total > 0 ? 100.0 * t / total : 0.0);
         }
         free(seen);
@@ -128,7 +132,8 @@ static void profile_print(const nn_session *s)
             for (int d = 0, o = 0; d < y->rank && o < (int)sizeof(dims) - 24; d++)
                 o += snprintf(dims + o, sizeof(dims) - (size_t)o, "%s%lld", d ? "x" : "",
                               (long long)y->dims[d]);
-            fprintf(stderr, "  step %4zu %-22s %-24s %9.3f ms\n", st, n->op_type, dims,
+            fprintf(stderr, "  step %4zu %-22s %-9s %-24s %9.3f ms\n", st, n->op_type,
+                    step_engine(n), dims,
                     ln->prof_ns[p][st] / 1e6 / (double)ln->prof_runs[p]);
         }
     }
@@ -544,7 +549,9 @@ static void release_weights(nn_graph *g, const nn_graph *borrower)
             if (v < 0)
                 continue;
             bool reordered = false;
-            if (k == 1 && n->prim)
+            if (k == 1 && n->wino)
+                reordered = true; /* nn-wino.c holds them transformed */
+            else if (k == 1 && n->prim)
                 for (int a = 0; a < n->n_args; a++)
                     reordered |= n->args[a].arg == DNNL_ARG_WEIGHTS &&
                                  (n->args[a].value == -1 || n->args[a].value == -3);

@@ -168,6 +168,7 @@ struct nn_node {
     float out_scale;              /* MatMul: scalar factor folded from an operand (0: none) */
     bool post_add_c;              /* Gemm: beta*C added after the primitive (runtime C) */
     bool silu_after;              /* Conv: the last post-op (SiLU) runs as nn's own pass */
+    struct nn_wino *wino;         /* Conv: runs as nn's Winograd step (nn-wino.c) */
 };
 
 typedef struct nn_op {
@@ -274,6 +275,22 @@ xr_code nn_pre_run(const nn_graph *g, const nn_node *n, nn_exec *x, xr_error *er
 /* nn-dnnl.c: GlobalAveragePool, Conv 1x1 + SiLU, Conv 1x1 + Sigmoid and the Mul that scales
  * by it, as one step (made only by nn-opt.c; inputs x, W1, b1, W2, b2). */
 extern const nn_op nn_op_squeeze_excitation;
+
+/* nn-wino.c: 3x3 stride-1 convolutions by Winograd F(2x2, 3x3) on nChw8c activations. */
+typedef struct nn_wino nn_wino;
+/* Whether n (a prepared-to-be Conv) can run so on this CPU: 3x3, stride 1, pads 1, group 1,
+ * in-channels a multiple of 8, out-channels of 16, constant weights, no post-op but ReLU. */
+bool nn_wino_eligible(const nn_graph *g, const nn_node *n);
+/* Weights w [cout][cin][3][3] transformed and packed; NULL when out of memory. */
+nn_wino *nn_wino_new(const float *w, int64_t cout, int64_t cin);
+/* Another plan's transformed weights, shared (freed with the donor). */
+nn_wino *nn_wino_borrow(const nn_wino *donor);
+void nn_wino_free(nn_wino *z);
+size_t nn_wino_scratch_bytes(const nn_wino *z, int64_t batch, int64_t h, int64_t w);
+/* y = conv(x) + bias (may be NULL), then ReLU when relu; x [batch][cin/8][h][w][8],
+ * y [batch][cout/8][h][w][8]; scratch of nn_wino_scratch_bytes. */
+void nn_wino_run(const nn_wino *z, const float *x, const float *bias, bool relu, float *y,
+                 int64_t batch, int64_t h, int64_t w, float *scratch, int threads);
 
 /* nn-opt.c: fusions; returns the number of nodes absorbed. */
 size_t nn_graph_optimize(nn_graph *g);

@@ -73,7 +73,7 @@ out=$("$xregctl" nn-bench "$dir/tiny.onnx" --batch 2 --runs 3 2>&1)
 if grep -q "nn profile" <<<"$out"; then fail "profile printed without XREG_NN_PROFILE"; fi
 # every step with its output shape
 out=$(XREG_NN_PROFILE=steps "$xregctl" nn-bench "$dir/tiny.onnx" --batch 2 --runs 3 2>&1)
-grep -Eq "step +0 MatMul +2x3 " <<<"$out" || fail "profile steps: $out"
+grep -Eq "step +0 MatMul +oneDNN +2x3 " <<<"$out" || fail "profile steps: $out"
 # 2 threads: a product model (x W) runs a batch of 2 with both threads in each step (a chunk
 # of 1 would repack the weights per sample) and a batch of 4 as one chunk of 2 per thread
 out=$("$xregctl" nn-bench "$dir/tiny.onnx" --batch 2 --threads 2 --runs 3 2>&1)

@@ -1,0 +1,302 @@
+/*
+ * 3x3 stride-1 convolutions by Winograd's F(2x2, 3x3): each 2x2 output tile costs 16
+ * multiply-adds per channel pair instead of 36, done as 16 matrix products
+ * (tiles x in-channels) x (in-channels x out-channels) by an AVX2 micro-kernel over weights
+ * transformed and packed once at load. oneDNN 2.6 has no Winograd for AVX2, and its direct
+ * kernels run ResNet's 3x3 layers at 14x14 and 7x7 well below the matrix-multiply peak
+ * (docs/nn.md "Winograd").
+ *
+ * Activations are oneDNN's nChw8c (aBcd8b), in and out, so the steps around it stay blocked.
+ * Tiles are processed in groups whose transformed inputs and products fit the scratchpad:
+ *   V[16][G][Cin]   transformed input, a row per tile
+ *   M[16][G][Cout]  the 16 products
+ *   U[16][Cout/16][Cin][16]  transformed weights, 16 out-channels side by side
+ * F(2x2, 3x3) keeps fp32 rounding close to the direct sum (its transforms only add and halve).
+ */
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+#include "nn-internal.h"
+
+#define IN(i) (&g->values[n->in[i]])
+#define OUTV(i) (&g->values[n->out[i]])
+#define HAS(i) ((i) < n->n_in && n->in[i] >= 0)
+
+/* tiles per micro-kernel call (rows of V), out-channels per call */
+#define WINO_MR 6
+#define WINO_NR 16
+/* one group's V and M together: beyond this the second-level caches no longer hold a
+ * product's slices and a larger group gains nothing (docs/nn.md "Winograd") */
+#define WINO_GROUP_FLOATS (INT64_C(1) << 20)
+
+struct nn_wino {
+    int64_t cin, cout;
+    float *u;
+    bool borrowed; /* u belongs to the donor plan's node */
+};
+
+static bool cpu_ok(void)
+{
+#if defined(__x86_64__)
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+    return false;
+#endif
+}
+
+static int64_t tiles_per_group(int64_t tiles, int64_t cin, int64_t cout)
+{
+    int64_t gmax = WINO_GROUP_FLOATS / (16 * (cin + cout)) / WINO_MR * WINO_MR;
+    int64_t all = (tiles + WINO_MR - 1) / WINO_MR * WINO_MR;
+    if (gmax < WINO_MR)
+        gmax = WINO_MR;
+    return all < gmax ? all : gmax;
+}
+
+bool nn_wino_eligible(const nn_graph *g, const nn_node *n)
+{
+    if (strcmp(n->op_type, "Conv") || !cpu_ok() || n->n_in < 2 || n->sum_in >= 0 ||
+        n->silu_after || n->a.group != 1 || n->a.n_sp != 2 || n->out_scale != 0.0f)
+        return false;
+    const char *e = getenv("XREG_NN_WINOGRAD");
+    if (e && strcmp(e, "0") == 0)
+        return false;
+    const nn_value *x = IN(0), *w = IN(1), *y = OUTV(0);
+    if (!w->data || w->dtype != NN_DTYPE_FLOAT || x->dtype != NN_DTYPE_FLOAT || x->rank != 4 ||
+        w->rank != 4 || y->is_output || (HAS(2) && !IN(2)->data))
+        return false;
+    for (int i = 0; i < 2; i++)
+        if (n->a.kernel[i] != 3 || w->dims[2 + i] != 3 || n->a.strides[i] != 1 ||
+            n->a.dil[i] != 1 || n->a.pads_l[i] != 1 || n->a.pads_r[i] != 1)
+            return false;
+    if (x->dims[1] % 8 || w->dims[0] % WINO_NR || w->dims[1] != x->dims[1])
+        return false;
+    for (int i = 0; i < n->n_post; i++)
+        if (n->post[i].kind != NN_POST_ELTWISE || n->post[i].alg != dnnl_eltwise_relu ||
+            n->post[i].alpha != 0.0f || i > 0)
+            return false;
+    return true;
+}
+
+/* U = G w G^T per (out, in) channel pair, in double, packed [16][cout/16][cin][16]. */
+static float *transform_weights(const float *w, int64_t cout, int64_t cin)
+{
+    float *u = nn_aligned_alloc((size_t)(16 * cout * cin) * sizeof(float));
+    if (!u)
+        return NULL;
+    int64_t nb = cout / WINO_NR;
+    for (int64_t o = 0; o < cout; o++)
+        for (int64_t c = 0; c < cin; c++) {
+            const float *k = w + (o * cin + c) * 9;
+            double t[4][3], r[4][4];
+            for (int j = 0; j < 3; j++) {
+                double g0 = k[j], g1 = k[3 + j], g2 = k[6 + j];
+                t[0][j] = g0;
+                t[1][j] = (g0 + g1 + g2) / 2;
+                t[2][j] = (g0 - g1 + g2) / 2;
+                t[3][j] = g2;
+            }
+            for (int i = 0; i < 4; i++) {
+                r[i][0] = t[i][0];
+                r[i][1] = (t[i][0] + t[i][1] + t[i][2]) / 2;
+                r[i][2] = (t[i][0] - t[i][1] + t[i][2]) / 2;
+                r[i][3] = t[i][2];
+            }
+            for (int p = 0; p < 16; p++)
+                u[((p * nb + o / WINO_NR) * cin + c) * WINO_NR + o % WINO_NR] =
+                    (float)r[p / 4][p % 4];
+        }
+    return u;
+}
+
+nn_wino *nn_wino_new(const float *w, int64_t cout, int64_t cin)
+{
+    nn_wino *z = calloc(1, sizeof(*z));
+    if (!z)
+        return NULL;
+    z->cin = cin;
+    z->cout = cout;
+    if (!(z->u = transform_weights(w, cout, cin))) {
+        free(z);
+        return NULL;
+    }
+    return z;
+}
+
+nn_wino *nn_wino_borrow(const nn_wino *donor)
+{
+    nn_wino *z = calloc(1, sizeof(*z));
+    if (!z)
+        return NULL;
+    *z = *donor;
+    z->borrowed = true;
+    return z;
+}
+
+void nn_wino_free(nn_wino *z)
+{
+    if (!z)
+        return;
+    if (!z->borrowed)
+        free(z->u);
+    free(z);
+}
+
+size_t nn_wino_scratch_bytes(const nn_wino *z, int64_t batch, int64_t h, int64_t w)
+{
+    int64_t tiles = batch * ((h + 1) / 2) * ((w + 1) / 2);
+    return (size_t)(16 * tiles_per_group(tiles, z->cin, z->cout) * (z->cin + z->cout)) *
+           sizeof(float);
+}
+
+#if defined(__x86_64__)
+/* c[r][0..15] = sum_k a[r][k] b[k][0..15] for 6 rows of a (stride lda) */
+__attribute__((target("avx2,fma"))) static void kernel_6x16(const float *a, int64_t lda,
+                                                            const float *b, int64_t k_n,
+                                                            float *c, int64_t ldc)
+{
+    __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00,
+           c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+    const float *a0 = a, *a1 = a + lda, *a2 = a1 + lda, *a3 = a2 + lda, *a4 = a3 + lda,
+                *a5 = a4 + lda;
+    for (int64_t k = 0; k < k_n; k++, b += WINO_NR) {
+        __m256 b0 = _mm256_load_ps(b), b1 = _mm256_load_ps(b + 8), t;
+        t = _mm256_broadcast_ss(a0 + k);
+        c00 = _mm256_fmadd_ps(t, b0, c00);
+        c01 = _mm256_fmadd_ps(t, b1, c01);
+        t = _mm256_broadcast_ss(a1 + k);
+        c10 = _mm256_fmadd_ps(t, b0, c10);
+        c11 = _mm256_fmadd_ps(t, b1, c11);
+        t = _mm256_broadcast_ss(a2 + k);
+        c20 = _mm256_fmadd_ps(t, b0, c20);
+        c21 = _mm256_fmadd_ps(t, b1, c21);
+        t = _mm256_broadcast_ss(a3 + k);
+        c30 = _mm256_fmadd_ps(t, b0, c30);
+        c31 = _mm256_fmadd_ps(t, b1, c31);
+        t = _mm256_broadcast_ss(a4 + k);
+        c40 = _mm256_fmadd_ps(t, b0, c40);
+        c41 = _mm256_fmadd_ps(t, b1, c41);
+        t = _mm256_broadcast_ss(a5 + k);
+        c50 = _mm256_fmadd_ps(t, b0, c50);
+        c51 = _mm256_fmadd_ps(t, b1, c51);
+    }
+    _mm256_storeu_ps(c, c00);
+    _mm256_storeu_ps(c + 8, c01);
+    _mm256_storeu_ps(c + ldc, c10);
+    _mm256_storeu_ps(c + ldc + 8, c11);
+    _mm256_storeu_ps(c + 2 * ldc, c20);
+    _mm256_storeu_ps(c + 2 * ldc + 8, c21);
+    _mm256_storeu_ps(c + 3 * ldc, c30);
+    _mm256_storeu_ps(c + 3 * ldc + 8, c31);
+    _mm256_storeu_ps(c + 4 * ldc, c40);
+    _mm256_storeu_ps(c + 4 * ldc + 8, c41);
+    _mm256_storeu_ps(c + 5 * ldc, c50);
+    _mm256_storeu_ps(c + 5 * ldc + 8, c51);
+}
+
+/* B^T d B of one tile's 4x4 patch (8 channels per vector) into V's 16 planes. */
+__attribute__((target("avx2,fma"))) static void input_tile(const float *x, int64_t h,
+                                                           int64_t w, int64_t y0, int64_t x0,
+                                                           float *v, int64_t plane)
+{
+    __m256 d[4][4], r[4][4];
+    for (int i = 0; i < 4; i++)
+        for (int j = 0; j < 4; j++) {
+            int64_t yy = y0 + i, xx = x0 + j;
+            d[i][j] = yy >= 0 && yy < h && xx >= 0 && xx < w
+                          ? _mm256_loadu_ps(x + (yy * w + xx) * 8)
+                          : _mm256_setzero_ps();
+        }
+    for (int j = 0; j < 4; j++) {
+        r[0][j] = _mm256_sub_ps(d[0][j], d[2][j]);
+        r[1][j] = _mm256_add_ps(d[1][j], d[2][j]);
+        r[2][j] = _mm256_sub_ps(d[2][j], d[1][j]);
+        r[3][j] = _mm256_sub_ps(d[1][j], d[3][j]);
+    }
+    for (int i = 0; i < 4; i++) {
+        _mm256_storeu_ps(v + (4 * i + 0) * plane, _mm256_sub_ps(r[i][0], r[i][2]));
+        _mm256_storeu_ps(v + (4 * i + 1) * plane, _mm256_add_ps(r[i][1], r[i][2]));
+        _mm256_storeu_ps(v + (4 * i + 2) * plane, _mm256_sub_ps(r[i][2], r[i][1]));
+        _mm256_storeu_ps(v + (4 * i + 3) * plane, _mm256_sub_ps(r[i][1], r[i][3]));
+    }
+}
+
+/* A^T m A of one tile (8 out-channels) + bias, ReLU, into the 2x2 outputs inside the image. */
+__attribute__((target("avx2,fma"))) static void output_tile(const float *m, int64_t plane,
+                                                            const float *bias, bool relu,
+                                                            float *y, int64_t h, int64_t w,
+                                                            int64_t y0, int64_t x0)
+{
+    __m256 s[2][4];
+    for (int j = 0; j < 4; j++) {
+        __m256 m0 = _mm256_loadu_ps(m + j * plane), m1 = _mm256_loadu_ps(m + (4 + j) * plane),
+               m2 = _mm256_loadu_ps(m + (8 + j) * plane),
+               m3 = _mm256_loadu_ps(m + (12 + j) * plane);
+        s[0][j] = _mm256_add_ps(_mm256_add_ps(m0, m1), m2);
+        s[1][j] = _mm256_sub_ps(_mm256_sub_ps(m1, m2), m3);
+    }
+    __m256 b = bias ? _mm256_loadu_ps(bias) : _mm256_setzero_ps(), zero = _mm256_setzero_ps();
+    for (int i = 0; i < 2; i++) {
+        if (y0 + i >= h)
+            break;
+        __m256 o[2];
+        o[0] = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(s[i][0], s[i][1]), s[i][2]), b);
+        o[1] = _mm256_add_ps(_mm256_sub_ps(_mm256_sub_ps(s[i][1], s[i][2]), s[i][3]), b);
+        for (int j = 0; j < 2 && x0 + j < w; j++)
+            _mm256_storeu_ps(y + ((y0 + i) * w + x0 + j) * 8,
+                             relu ? _mm256_max_ps(o[j], zero) : o[j]);
+    }
+}
+#endif
+
+void nn_wino_run(const nn_wino *z, const float *x, const float *bias, bool relu, float *y,
+                 int64_t batch, int64_t h, int64_t w, float *scratch, int threads)
+{
+#if defined(__x86_64__)
+    int64_t cin = z->cin, cout = z->cout, cb_in = cin / 8, cb_out = cout / 8;
+    int64_t th = (h + 1) / 2, tw = (w + 1) / 2, per_img = th * tw, tiles = batch * per_img;
+    int64_t gp = tiles_per_group(tiles, cin, cout), nb = cout / WINO_NR;
+    float *v = scratch, *mm = scratch + 16 * gp * cin;
+#pragma omp parallel num_threads(threads) if (threads > 1)
+    for (int64_t t0 = 0; t0 < tiles; t0 += gp) {
+        int64_t gn = tiles - t0 < gp ? tiles - t0 : gp;
+        int64_t rows = (gn + WINO_MR - 1) / WINO_MR * WINO_MR;
+#pragma omp for schedule(static)
+        for (int64_t job = 0; job < rows * cb_in; job++) {
+            int64_t gi = job / cb_in, cb = job % cb_in;
+            float *dst = v + gi * cin + cb * 8;
+            if (gi >= gn) { /* rows padding the last micro-kernel call: zero, never read */
+                for (int p = 0; p < 16; p++)
+                    memset(dst + p * gp * cin, 0, 8 * sizeof(float));
+                continue;
+            }
+            int64_t t = t0 + gi, img = t / per_img, ty = t % per_img / tw, tx = t % tw;
+            input_tile(x + (img * cb_in + cb) * h * w * 8, h, w, 2 * ty - 1, 2 * tx - 1, dst,
+                       gp * cin);
+        }
+#pragma omp for schedule(static)
+        for (int64_t job = 0; job < 16 * nb; job++) {
+            int64_t p = job / nb, ob = job % nb;
+            const float *a = v + p * gp * cin, *b = z->u + (p * nb + ob) * cin * WINO_NR;
+            float *c = mm + p * gp * cout + ob * WINO_NR;
+            for (int64_t r = 0; r < rows; r += WINO_MR)
+                kernel_6x16(a + r * cin, cin, b, cin, c + r * cout, cout);
+        }
+#pragma omp for schedule(static)
+        for (int64_t job = 0; job < gn * cb_out; job++) {
+            int64_t gi = job / cb_out, ob = job % cb_out;
+            int64_t t = t0 + gi, img = t / per_img, ty = t % per_img / tw, tx = t % tw;
+            output_tile(mm + gi * cout + ob * 8, gp * cout, bias ? bias + ob * 8 : NULL, relu,
+                        y + (img * cb_out + ob) * h * w * 8, h, w, 2 * ty, 2 * tx);
+        }
+    }
+#else
+    (void)z, (void)x, (void)bias, (void)relu, (void)y, (void)batch, (void)h, (void)w,
+        (void)scratch, (void)threads;
+#endif
+}
