@@ -79,9 +79,12 @@ static double mono_ns(void)
     return (double)ts.tv_sec * 1e9 + (double)ts.tv_nsec;
 }
 
+/* oneDNN primitive, nn's Winograd, another of nn's own fast kernels (a step whose op is not
+ * the table's: squeeze-excitation, Softmax rows), or the op's reference kernel */
 static const char *step_engine(const nn_node *n)
 {
-    return n->prim ? "oneDNN" : n->wino ? "Winograd" : "reference";
+    return n->prim ? "oneDNN" : n->wino ? "Winograd" : n->op != nn_op_find(n->op_type) ? "nn"
+                                                                                   : "reference";
 }
 
 /* Time per op type and engine (oneDNN primitive, Winograd, nn's own kernel), per run, on

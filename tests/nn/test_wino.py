@@ -18,6 +18,14 @@ onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 
+def avx2_fma() -> bool:
+    flags = pathlib.Path("/proc/cpuinfo").read_text().split()
+    return "avx2" in flags and "fma" in flags
+
+
+pytestmark = pytest.mark.skipif(not avx2_fma(), reason="nn/'s Winograd convolutions need AVX2 and FMA")
+
+
 def xregctl() -> str:
     path = os.environ.get("XREGCTL")
     if not path:
