@@ -382,9 +382,7 @@ __attribute__((target("avx2,fma"))) static void scale8_avx2(const float *p, int6
 }
 #endif
 
-/* Whether this CPU runs nn's AVX2+FMA kernels (SiLU pass, squeeze-excitation); else oneDNN's
- * swish post-op stays and the portable loops run. */
-static bool avx2_fma_available(void)
+bool nn_avx2_fma(void)
 {
 #if defined(__x86_64__)
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
@@ -439,7 +437,7 @@ __attribute__((target("avx2,fma"))) static float dot_avx2(const float *a, const 
 static float dot(const float *a, const float *b, int64_t n)
 {
 #if defined(__x86_64__)
-    if (avx2_fma_available())
+    if (nn_avx2_fma())
         return dot_avx2(a, b, n);
 #endif
     float r = 0.0f;
@@ -454,7 +452,7 @@ static void set_layout(const nn_node *n, nn_value *y, const dnnl_memory_desc_t *
 static void act(float *p, int64_t n, bool silu)
 {
 #if defined(__x86_64__)
-    if (avx2_fma_available()) {
+    if (nn_avx2_fma()) {
         if (silu)
             silu_avx2(p, (size_t)n);
         else
@@ -509,7 +507,7 @@ static xr_code se_run(const nn_graph *g, const nn_node *n, nn_exec *xe, xr_error
     float *y = nn_ptr(g, xe, n->out[0]);
     float *mean = xe->scratch, *sc = mean + nb * cp, *hid = sc + nb * cp; /* se_prepare */
     float inv = 1.0f / (float)hw;
-    bool v8 = blk == 8 && avx2_fma_available();
+    bool v8 = blk == 8 && nn_avx2_fma();
     /* at 7x7 a block is a few KB: below NN_PARALLEL_MIN_ELEMS a second thread costs more */
     bool par = total > 1 && nb * cp * hw >= NN_PARALLEL_MIN_ELEMS;
 #pragma omp parallel for schedule(static) if (par) num_threads(nn_threads())
@@ -659,7 +657,7 @@ xr_code nn_conv_prepare(nn_graph *g, nn_node *n, xr_error *err)
     const nn_post *last = n->n_post ? &n->post[n->n_post - 1] : NULL;
     n->silu_after = last && last->kind == NN_POST_ELTWISE && last->alg == dnnl_eltwise_swish &&
                     last->alpha == 1.0f && y->dtype == NN_DTYPE_FLOAT &&
-                    y->n_elems >= NN_SILU_PASS_MIN_ELEMS && avx2_fma_available();
+                    y->n_elems >= NN_SILU_PASS_MIN_ELEMS && nn_avx2_fma();
     if ((rc = make_attr(n, &attr, err)))
         return rc;
     for (int attempt = 0; attempt < 2; attempt++) {
@@ -1325,7 +1323,7 @@ xr_code nn_softmax_prepare(nn_graph *g, nn_node *n, xr_error *err)
 {
     xr_code rc = XR_OK;
     const nn_value *x = IN(0);
-    if (x->dtype == NN_DTYPE_FLOAT && !n->a.i0 && avx2_fma_available() &&
+    if (x->dtype == NN_DTYPE_FLOAT && !n->a.i0 && nn_avx2_fma() &&
         (n->a.i1 || n->a.axis == x->rank - 1)) {
         n->op = &nn_op_softmax_rows;
         return XR_OK;

@@ -256,6 +256,9 @@ xr_code nn_graph_build(const Onnx__ModelProto *mp, const char *base_dir, int64_t
 void nn_graph_done(nn_graph *g);
 
 /* nn-dnnl.c */
+/* Whether this CPU runs nn's own AVX2+FMA kernels (SiLU pass, squeeze-excitation, Softmax rows,
+ * Winograd); else oneDNN's primitives and the portable loops run. */
+bool nn_avx2_fma(void);
 xr_code nn_dnnl_check(dnnl_status_t st, const nn_node *n, const char *what, xr_error *err);
 xr_code nn_conv_prepare(nn_graph *g, nn_node *n, xr_error *err);
 xr_code nn_matmul_prepare(nn_graph *g, nn_node *n, xr_error *err);

@@ -40,15 +40,6 @@ struct nn_wino {
     bool borrowed; /* u belongs to the donor plan's node */
 };
 
-static bool cpu_ok(void)
-{
-#if defined(__x86_64__)
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-#else
-    return false;
-#endif
-}
-
 static int64_t tiles_per_group(int64_t tiles, int64_t cin, int64_t cout)
 {
     int64_t gmax = WINO_GROUP_FLOATS / (16 * (cin + cout)) / WINO_MR * WINO_MR;
@@ -60,7 +51,7 @@ static int64_t tiles_per_group(int64_t tiles, int64_t cin, int64_t cout)
 
 bool nn_wino_eligible(const nn_graph *g, const nn_node *n)
 {
-    if (strcmp(n->op_type, "Conv") || !cpu_ok() || n->n_in < 2 || n->sum_in >= 0 ||
+    if (strcmp(n->op_type, "Conv") || !nn_avx2_fma() || n->n_in < 2 || n->sum_in >= 0 ||
         n->silu_after || n->a.group != 1 || n->a.n_sp != 2 || n->out_scale != 0.0f)
         return false;
     const char *e = getenv("XREG_NN_WINOGRAD");
@@ -162,41 +153,31 @@ __attribute__((target("avx2,fma"))) static void kernel_6x16(const float *a, int6
 {
     __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00,
            c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
-    const float *a0 = a, *a1 = a + lda, *a2 = a1 + lda, *a3 = a2 + lda, *a4 = a3 + lda,
-                *a5 = a4 + lda;
+    /* 12 named accumulators: an array of them is not kept in registers */
+#define ROW(r)                                                                                 \
+    t = _mm256_broadcast_ss(a + (r) * lda + k);                                                \
+    c##r##0 = _mm256_fmadd_ps(t, b0, c##r##0);                                                 \
+    c##r##1 = _mm256_fmadd_ps(t, b1, c##r##1)
     for (int64_t k = 0; k < k_n; k++, b += WINO_NR) {
         __m256 b0 = _mm256_load_ps(b), b1 = _mm256_load_ps(b + 8), t;
-        t = _mm256_broadcast_ss(a0 + k);
-        c00 = _mm256_fmadd_ps(t, b0, c00);
-        c01 = _mm256_fmadd_ps(t, b1, c01);
-        t = _mm256_broadcast_ss(a1 + k);
-        c10 = _mm256_fmadd_ps(t, b0, c10);
-        c11 = _mm256_fmadd_ps(t, b1, c11);
-        t = _mm256_broadcast_ss(a2 + k);
-        c20 = _mm256_fmadd_ps(t, b0, c20);
-        c21 = _mm256_fmadd_ps(t, b1, c21);
-        t = _mm256_broadcast_ss(a3 + k);
-        c30 = _mm256_fmadd_ps(t, b0, c30);
-        c31 = _mm256_fmadd_ps(t, b1, c31);
-        t = _mm256_broadcast_ss(a4 + k);
-        c40 = _mm256_fmadd_ps(t, b0, c40);
-        c41 = _mm256_fmadd_ps(t, b1, c41);
-        t = _mm256_broadcast_ss(a5 + k);
-        c50 = _mm256_fmadd_ps(t, b0, c50);
-        c51 = _mm256_fmadd_ps(t, b1, c51);
+        ROW(0);
+        ROW(1);
+        ROW(2);
+        ROW(3);
+        ROW(4);
+        ROW(5);
     }
-    _mm256_storeu_ps(c, c00);
-    _mm256_storeu_ps(c + 8, c01);
-    _mm256_storeu_ps(c + ldc, c10);
-    _mm256_storeu_ps(c + ldc + 8, c11);
-    _mm256_storeu_ps(c + 2 * ldc, c20);
-    _mm256_storeu_ps(c + 2 * ldc + 8, c21);
-    _mm256_storeu_ps(c + 3 * ldc, c30);
-    _mm256_storeu_ps(c + 3 * ldc + 8, c31);
-    _mm256_storeu_ps(c + 4 * ldc, c40);
-    _mm256_storeu_ps(c + 4 * ldc + 8, c41);
-    _mm256_storeu_ps(c + 5 * ldc, c50);
-    _mm256_storeu_ps(c + 5 * ldc + 8, c51);
+#undef ROW
+#define STORE(r)                                                                               \
+    _mm256_storeu_ps(c + (r) * ldc, c##r##0);                                                  \
+    _mm256_storeu_ps(c + (r) * ldc + 8, c##r##1)
+    STORE(0);
+    STORE(1);
+    STORE(2);
+    STORE(3);
+    STORE(4);
+    STORE(5);
+#undef STORE
 }
 
 /* B^T d B of one tile's 4x4 patch (8 channels per vector) into V's 16 planes. */

@@ -4,12 +4,13 @@ Checked against numpy on oneDNN's blocked layout (the tensor comes from a convol
 channels, and 20 so padding lanes exist), on plain input, at batch 1 and 3; `xregctl nn-info`'s
 step count shows whether the fusion applied, and a pooled tensor with a second reader keeps the
 four steps. Needs Debian's python3-onnx (run with /usr/bin/python3)."""
-import os
 import re
 import subprocess
 
 import numpy as np
 import pytest
+
+from nnlib import xregctl
 
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
@@ -67,13 +68,6 @@ def reference(w, inp, after_conv):
     s = sigmoid((h * sigmoid(h)) @ w["w2"][:, :, 0, 0].T + w["b2"])
     se = x * s[:, :, None, None]
     return np.einsum("oi,nihw->nohw", w["wp"][:, :, 0, 0], se) if after_conv else se
-
-
-def xregctl():
-    path = os.environ.get("XREGCTL")
-    if not path:
-        pytest.fail("XREGCTL is not set (meson sets it)", pytrace=False)
-    return path
 
 
 def steps(model):

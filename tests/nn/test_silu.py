@@ -12,18 +12,13 @@ import subprocess
 import numpy as np
 import pytest
 
+from nnlib import xregctl
+
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 # nn/nn-internal.h
 SILU_PASS_MIN_ELEMS = 16384
-
-
-def xregctl() -> str:
-    path = os.environ.get("XREGCTL")
-    if not path:
-        pytest.fail("XREGCTL is not set (meson sets it; see tests/nn/meson.build)", pytrace=False)
-    return path
 
 
 def conv_silu_model(path: pathlib.Path, c_in: int, c_out: int, hw: int, k: int, group: int,
@@ -120,7 +115,7 @@ def test_conv_silu(tmp_path, c_in, c_out, hw, k, group, pass_expected):
     i = int(np.argmax(err / tol))
     assert err[i] <= tol[i], f"|diff| {err[i]:.3g} > {tol[i]:.3g} at {i} (want {want[i]:.6g})"
     lines = conv_lines(log)
-    assert len(lines) == 1, f"expected one convolution step, got:\n" + "\n".join(lines)
+    assert len(lines) == 1, "expected one convolution step, got:\n" + "\n".join(lines)
     has_swish = "eltwise_swish" in lines[0]
     if pass_expected:
         assert not has_swish, f"SiLU pass not applied (oneDNN swish still fused): {lines[0]}"

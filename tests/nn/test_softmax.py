@@ -13,23 +13,13 @@ import subprocess
 import numpy as np
 import pytest
 
+from nnlib import avx2_fma, xregctl
+
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper  # noqa: E402
 
+pytestmark = pytest.mark.skipif(not avx2_fma(), reason="nn/'s Softmax kernel needs AVX2 and FMA")
 
-def avx2_fma() -> bool:
-    flags = pathlib.Path("/proc/cpuinfo").read_text().split()
-    return "avx2" in flags and "fma" in flags
-
-
-pytestmark = pytest.mark.skipif(not avx2_fma(), reason="nn/'s Softmax kernel need AVX2 and FMA")
-
-
-def xregctl() -> str:
-    path = os.environ.get("XREGCTL")
-    if not path:
-        pytest.fail("XREGCTL is not set (meson sets it; see tests/nn/meson.build)", pytrace=False)
-    return path
 
 
 def model(path: pathlib.Path, shape: list[int], axis: int, opset: int) -> None:
