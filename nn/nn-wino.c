@@ -33,6 +33,8 @@
 /* one group's V and M together: beyond this the second-level caches no longer hold a
  * product's slices and a larger group gains nothing (docs/nn.md "Winograd") */
 #define WINO_GROUP_FLOATS (INT64_C(1) << 20)
+/* nn_wino_mac_ratio above this: oneDNN's direct convolution is faster */
+#define WINO_MAX_MAC_RATIO 0.9
 
 struct nn_wino {
     int64_t cin, cout;
@@ -47,6 +49,18 @@ static int64_t tiles_per_group(int64_t tiles, int64_t cin, int64_t cout)
     if (gmax < WINO_MR)
         gmax = WINO_MR;
     return all < gmax ? all : gmax;
+}
+
+/* Multiply-adds by Winograd (16 per tile, tiles padded to the micro-kernel's 6 rows in each
+ * group) over those of the direct sum (9 per output). Below 4x4 outputs the padding makes
+ * Winograd do more: at 3x3 1.19x (measured 0.63-0.88x oneDNN's speed), at 2x2 2.7x (0.41-0.53x);
+ * 5x5 (0.85) still gained 1.21-1.25x (test-nn-wino --bench). */
+double nn_wino_mac_ratio(int64_t batch, int64_t h, int64_t w, int64_t cin, int64_t cout)
+{
+    int64_t tiles = batch * ((h + 1) / 2) * ((w + 1) / 2), gp = tiles_per_group(tiles, cin, cout);
+    int64_t last = tiles % gp ? tiles % gp : gp;
+    int64_t rows = (tiles - last) + (last + WINO_MR - 1) / WINO_MR * WINO_MR;
+    return 16.0 * (double)rows / (9.0 * (double)(batch * h * w));
 }
 
 bool nn_wino_eligible(const nn_graph *g, const nn_node *n)
@@ -65,7 +79,9 @@ bool nn_wino_eligible(const nn_graph *g, const nn_node *n)
         if (n->a.kernel[i] != 3 || w->dims[2 + i] != 3 || n->a.strides[i] != 1 ||
             n->a.dil[i] != 1 || n->a.pads_l[i] != 1 || n->a.pads_r[i] != 1)
             return false;
-    if (x->dims[1] % 8 || w->dims[0] % WINO_NR || w->dims[1] != x->dims[1])
+    if (x->dims[1] % 8 || w->dims[0] % WINO_NR || w->dims[1] != x->dims[1] ||
+        nn_wino_mac_ratio(x->dims[0], x->dims[2], x->dims[3], x->dims[1], w->dims[0]) >
+            WINO_MAX_MAC_RATIO)
         return false;
     for (int i = 0; i < n->n_post; i++)
         if (n->post[i].kind != NN_POST_ELTWISE || n->post[i].alg != dnnl_eltwise_relu ||

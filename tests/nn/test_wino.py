@@ -108,7 +108,7 @@ def engines(log: str) -> list[str]:
 CASES = [
     # channels (in, mid, mid, out), size, batch in the file, batch run, threads
     pytest.param((16, 32, 16, 8), (13, 11), 1, 1, 1, id="16-32-16-13x11"),
-    pytest.param((8, 16, 16, 16), (1, 1), 1, 1, 1, id="8-16-16-1x1"),
+    pytest.param((8, 16, 16, 16), (4, 5), 1, 1, 1, id="8-16-16-4x5"),
     pytest.param((24, 48, 32, 8), (8, 7), 1, 1, 2, id="24-48-32-8x7-t2"),
     pytest.param((16, 16, 16, 8), (9, 10), "N", 3, 2, id="dynamic-batch3-t2"),
 ]
@@ -130,12 +130,19 @@ def test_winograd_in_model(tmp_path, c, hw, file_batch, batch, threads):
     close(ref, want)
 
 
-def test_not_eligible_stays_on_onednn(tmp_path):
-    """Out-channels not a multiple of 16, or a graph output that must stay plain: oneDNN."""
+@pytest.mark.parametrize("c,hw,want", [
+    # out-channels not a multiple of 16: the first stays on oneDNN
+    pytest.param((16, 24, 16, 8), (6, 6), ["oneDNN", "Winograd", "oneDNN"], id="cout-24"),
+    # 3x3 and 2x2 outputs: tile padding would make Winograd do more multiply-adds
+    pytest.param((16, 32, 16, 8), (3, 3), ["oneDNN"] * 3, id="3x3-outputs"),
+    pytest.param((16, 32, 16, 8), (2, 2), ["oneDNN"] * 3, id="2x2-outputs"),
+    pytest.param((8, 16, 16, 16), (1, 1), ["oneDNN"] * 3, id="1x1-outputs"),
+])
+def test_not_eligible_stays_on_onednn(tmp_path, c, hw, want):
     rng = np.random.default_rng(5)
     model = tmp_path / "m.onnx"
-    p = build(model, (16, 24, 16, 8), (6, 6), 1, rng)
-    x = rng.standard_normal((1, 16, 6, 6)).astype(np.float32)
+    p = build(model, c, hw, 1, rng)
+    x = rng.standard_normal((1, c[0]) + hw).astype(np.float32)
     got, log = run(model, x, tmp_path)
-    assert engines(log) == ["oneDNN", "Winograd", "oneDNN"], log
+    assert engines(log) == want, log
     close(got, expected(x, p))

@@ -137,6 +137,20 @@ static void test_several_groups(void **state)
     check_shape(s, false, false, 1);
 }
 
+/* which shapes go to Winograd: fewer multiply-adds than the direct sum, padding counted */
+static void test_mac_ratio(void **state)
+{
+    (void)state;
+    assert_float_equal(nn_wino_mac_ratio(1, 7, 7, 512, 512), 16.0 * 18 / (9.0 * 49), 1e-12);
+    assert_float_equal(nn_wino_mac_ratio(1, 4, 4, 512, 512), 16.0 * 6 / (9.0 * 16), 1e-12);
+    assert_float_equal(nn_wino_mac_ratio(1, 3, 3, 512, 512), 16.0 * 6 / (9.0 * 9), 1e-12);
+    assert_float_equal(nn_wino_mac_ratio(1, 2, 2, 512, 512), 16.0 * 6 / (9.0 * 4), 1e-12);
+    /* 784 tiles in groups of 510 (4 MB / (16 x 128 floats), whole kernel calls): 510 + 276 */
+    assert_float_equal(nn_wino_mac_ratio(1, 56, 56, 64, 64), 16.0 * 786 / (9.0 * 3136), 1e-12);
+    /* 8 images of 3x3: 32 tiles, 36 rows */
+    assert_float_equal(nn_wino_mac_ratio(8, 3, 3, 512, 512), 16.0 * 36 / (9.0 * 72), 1e-12);
+}
+
 /* ---------------------------------------------------------------- --bench */
 
 #define CHECK(call)                                                                            \
@@ -157,8 +171,12 @@ static double now_ms(void)
 
 static int bench(int threads, int64_t batch)
 {
-    static const shape shapes[] = {{1, 64, 64, 56, 56}, {1, 128, 128, 28, 28},
-                                   {1, 256, 256, 14, 14}, {1, 512, 512, 7, 7}};
+    /* ResNet-50's four at 224x224, then smaller images' last stages */
+    static const shape shapes[] = {{1, 64, 64, 56, 56},  {1, 128, 128, 28, 28},
+                                   {1, 256, 256, 14, 14}, {1, 512, 512, 7, 7},
+                                   {1, 512, 512, 5, 5},   {1, 512, 512, 4, 4},
+                                   {1, 512, 512, 3, 3},   {1, 512, 512, 2, 2},
+                                   {1, 256, 256, 4, 4},   {1, 64, 64, 4, 4}};
     dnnl_engine_t eng;
     dnnl_stream_t strm;
     omp_set_num_threads(threads);
@@ -280,6 +298,7 @@ int main(int argc, char **argv)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_matches_direct_sum),
         cmocka_unit_test(test_several_groups),
+        cmocka_unit_test(test_mac_ratio),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
