@@ -412,6 +412,13 @@ static void silu_pass(float *p, size_t n)
 /* ---------------------------------------------------------------- squeeze-excitation */
 
 #if defined(__x86_64__)
+__attribute__((target("avx2,fma"))) static float hsum_avx2(__m256 v)
+{
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    return _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
+}
+
 __attribute__((target("avx2,fma"))) static float dot_avx2(const float *a, const float *b,
                                                           int64_t n)
 {
@@ -423,11 +430,7 @@ __attribute__((target("avx2,fma"))) static float dot_avx2(const float *a, const 
     }
     for (; i + 8 <= n; i += 8)
         s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
-    __m256 s = _mm256_add_ps(s0, s1);
-    __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-    h = _mm_add_ss(h, _mm_movehdup_ps(h));
-    float r = _mm_cvtss_f32(h);
+    float r = hsum_avx2(_mm256_add_ps(s0, s1));
     for (; i < n; i++)
         r += a[i] * b[i];
     return r;
@@ -1243,20 +1246,12 @@ out:
     return rc;
 }
 
-/* Softmax/LogSoftmax over one axis (opset 13 form, or the coerced form on the last axis). */
 #if defined(__x86_64__)
 __attribute__((target("avx2,fma"))) static float hmax_avx2(__m256 v)
 {
     __m128 h = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     h = _mm_max_ps(h, _mm_movehl_ps(h, h));
     return _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)));
-}
-
-__attribute__((target("avx2,fma"))) static float hsum_avx2(__m256 v)
-{
-    __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-    return _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
 }
 
 /* Softmax of one contiguous row; false (nothing written) when its maximum is not finite, for
@@ -1319,6 +1314,8 @@ static xr_code softmax_step(const nn_graph *g, const nn_node *n, nn_exec *xe, xr
 
 static const nn_op nn_op_softmax_rows = {"Softmax", 1, 1, 1, 1, NULL, softmax_step, NULL, false};
 
+/* Softmax over contiguous rows: nn's own step (AVX2); otherwise Softmax/LogSoftmax over one axis
+ * (opset 13 form, or the coerced form on the last axis) as oneDNN's softmax_v2. */
 xr_code nn_softmax_prepare(nn_graph *g, nn_node *n, xr_error *err)
 {
     xr_code rc = XR_OK;

@@ -120,7 +120,8 @@ static void profile_print(const nn_session *s)
                     count++;
                 }
             }
-            fprintf(stderr, "  %-22s %-9s %4d steps %9.3f ms %5.1f%%\n", n->op_type, engine, count, t / 1e6 / (double)ln->prof_runs[p],
+            fprintf(stderr, "  %-22s %-9s %4d steps %9.3f ms %5.1f%%\n", n->op_type, engine,
+                    count, t / 1e6 / (double)ln->prof_runs[p],
                     total > 0 ? 100.0 * t / total : 0.0);
         }
         free(seen);

@@ -13,7 +13,6 @@
  *   U[16][Cout/16][Cin][16]  transformed weights, 16 out-channels side by side
  * F(2x2, 3x3) keeps fp32 rounding close to the direct sum (its transforms only add and halve).
  */
-#include <math.h>
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
@@ -42,6 +41,12 @@ struct nn_wino {
     bool borrowed; /* u belongs to the donor plan's node */
 };
 
+/* 2x2 output tiles over a batch (the last row and column may be cut by the image) */
+static int64_t n_tiles(int64_t batch, int64_t h, int64_t w)
+{
+    return batch * ((h + 1) / 2) * ((w + 1) / 2);
+}
+
 static int64_t tiles_per_group(int64_t tiles, int64_t cin, int64_t cout)
 {
     int64_t gmax = WINO_GROUP_FLOATS / (16 * (cin + cout)) / WINO_MR * WINO_MR;
@@ -57,7 +62,7 @@ static int64_t tiles_per_group(int64_t tiles, int64_t cin, int64_t cout)
  * 5x5 (0.85) still gained 1.21-1.25x (test-nn-wino --bench). */
 double nn_wino_mac_ratio(int64_t batch, int64_t h, int64_t w, int64_t cin, int64_t cout)
 {
-    int64_t tiles = batch * ((h + 1) / 2) * ((w + 1) / 2), gp = tiles_per_group(tiles, cin, cout);
+    int64_t tiles = n_tiles(batch, h, w), gp = tiles_per_group(tiles, cin, cout);
     int64_t last = tiles % gp ? tiles % gp : gp;
     int64_t rows = (tiles - last) + (last + WINO_MR - 1) / WINO_MR * WINO_MR;
     return 16.0 * (double)rows / (9.0 * (double)(batch * h * w));
@@ -156,7 +161,7 @@ void nn_wino_free(nn_wino *z)
 
 size_t nn_wino_scratch_bytes(const nn_wino *z, int64_t batch, int64_t h, int64_t w)
 {
-    int64_t tiles = batch * ((h + 1) / 2) * ((w + 1) / 2);
+    int64_t tiles = n_tiles(batch, h, w);
     return (size_t)(16 * tiles_per_group(tiles, z->cin, z->cout) * (z->cin + z->cout)) *
            sizeof(float);
 }

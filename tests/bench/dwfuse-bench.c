@@ -14,14 +14,7 @@
 #include <string.h>
 #include <time.h>
 
-#define CHECK(call)                                                                            \
-    do {                                                                                       \
-        dnnl_status_t s_ = (call);                                                             \
-        if (s_ != dnnl_success) {                                                              \
-            fprintf(stderr, "%s:%d: %s: status %d\n", __FILE__, __LINE__, #call, (int)s_);     \
-            exit(1);                                                                           \
-        }                                                                                      \
-    } while (0)
+#include "dnnl-bench.h"
 
 static dnnl_engine_t eng;
 /* activation after each part (swish as in EfficientNet; others to see its cost) and the
@@ -29,19 +22,6 @@ static dnnl_engine_t eng;
 static dnnl_alg_kind_t act = dnnl_eltwise_swish;
 static dnnl_format_tag_t act_tag = dnnl_format_tag_any;
 static dnnl_stream_t strm;
-
-static double now_ms(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec * 1e3 + t.tv_nsec / 1e6;
-}
-
-static float frand(unsigned *s)
-{
-    *s = *s * 1103515245u + 12345u;
-    return ((*s >> 8) & 0xffff) / 65536.0f - 0.5f;
-}
 
 /* A memory of layout md filled from random plain data of dims (via a reorder). */
 static dnnl_memory_t filled(const dnnl_memory_desc_t *md, int rank, const dnnl_dims_t dims,

@@ -16,13 +16,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "dnnl-bench.h"
 #include "nn-internal.h"
-
-static float frand(unsigned *s)
-{
-    *s = *s * 1103515245u + 12345u;
-    return (float)((*s >> 8) & 0xffff) / 65536.0f - 0.5f;
-}
 
 /* plain [n][c][h][w] <-> blocked [n][c/8][h][w][8] */
 static void to_blocked(const float *p, float *b, int64_t n, int64_t c, int64_t hw)
@@ -152,22 +147,6 @@ static void test_mac_ratio(void **state)
 }
 
 /* ---------------------------------------------------------------- --bench */
-
-#define CHECK(call)                                                                            \
-    do {                                                                                       \
-        dnnl_status_t s_ = (call);                                                             \
-        if (s_ != dnnl_success) {                                                              \
-            fprintf(stderr, "%s:%d: %s: status %d\n", __FILE__, __LINE__, #call, (int)s_);     \
-            exit(1);                                                                           \
-        }                                                                                      \
-    } while (0)
-
-static double now_ms(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec * 1e3 + (double)t.tv_nsec / 1e6;
-}
 
 static int bench(int threads, int64_t batch)
 {
