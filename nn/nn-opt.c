@@ -61,9 +61,9 @@ static int other_input(const nn_node *n, int v)
     return -1;
 }
 
-/* A new constant float value of the given shape (data owned by the graph). */
-static int new_const(nn_graph *g, const char *base, const char *suffix, int rank,
-                     const int64_t *dims, float **ret_data)
+/* A new constant of the given type and shape (data owned by the graph, zeroed). */
+static int new_tensor(nn_graph *g, const char *base, const char *suffix, nn_dtype dt, int rank,
+                      const int64_t *dims, void **ret_data)
 {
     if (g->n_values >= g->cap_values)
         return -1;
@@ -76,13 +76,24 @@ static int new_const(nn_graph *g, const char *base, const char *suffix, int rank
     if (!(val->name = malloc(l)))
         return -1;
     snprintf(val->name, l, "%s%s", base, suffix);
-    if (nn_value_shape(val, NN_DTYPE_FLOAT, rank, dims, NULL) ||
+    if (nn_value_shape(val, dt, rank, dims, NULL) ||
         !(val->data = nn_aligned_alloc(val->n_bytes))) {
         free(val->name);
         return -1;
     }
+    memset(val->data, 0, val->n_bytes);
+    val->known = true;
     g->n_values++;
     *ret_data = val->data;
+    return v;
+}
+
+static int new_const(nn_graph *g, const char *base, const char *suffix, int rank,
+                     const int64_t *dims, float **ret_data)
+{
+    void *data;
+    int v = new_tensor(g, base, suffix, NN_DTYPE_FLOAT, rank, dims, &data);
+    *ret_data = data;
     return v;
 }
 
@@ -443,6 +454,396 @@ static size_t map_layernorm(nn_graph *g)
     return n_done;
 }
 
+/* ---------------------------------------------------------------- rows nobody reads */
+
+/*
+ * A classifier that reads one position of a sequence (ViT's class token: Gather(axis 1,
+ * index 0) after the last block) needs only that position from the steps before it that keep
+ * positions apart. A Gather of that one position, keeping the axis (size 1), moves up through
+ * such steps while the tensor it reads has no other reader; Gathers of one tensor at the same
+ * position merge, which carries it through residual branches. In ViT-B/16 the last block's
+ * MLP, attention output projection and attention rows then run for 1 row instead of 197.
+ */
+
+/* Inputs of the steps a row Gather moves through (Slice's five). */
+#define NN_ROW_MAX_IN 5
+
+/* A new node at index pos, before the one there, in room the caller made (g->nodes holds at
+ * least n_nodes + 1); producer indices from pos on move up. Its fields are zero but sum_in and
+ * bias_in; pointers into g->nodes are stale afterwards. */
+static nn_node *insert_node(nn_graph *g, size_t pos)
+{
+    nn_node *nodes = g->nodes;
+    memmove(&nodes[pos + 1], &nodes[pos], (g->n_nodes - pos) * sizeof(nn_node));
+    g->n_nodes++;
+    for (size_t v = 0; v < g->n_values; v++)
+        if (g->values[v].producer >= (int)pos)
+            g->values[v].producer++;
+    nn_node *n = &nodes[pos];
+    memset(n, 0, sizeof(*n));
+    n->sum_in = n->bias_in = -1;
+    return n;
+}
+
+/* A runtime value shaped like v but for axis ax, of size 1; -1 when there is no room. */
+static int new_row_value(nn_graph *g, int v, int ax)
+{
+    if (g->n_values >= g->cap_values)
+        return -1;
+    int r = (int)g->n_values;
+    const nn_value *src = &g->values[v];
+    nn_value *val = &g->values[r];
+    memset(val, 0, sizeof(*val));
+    int64_t dims[NN_MAX_RANK];
+    memcpy(dims, src->dims, sizeof(dims));
+    dims[ax] = 1;
+    size_t l = strlen(src->name) + 8;
+    if (!(val->name = malloc(l)))
+        return -1;
+    snprintf(val->name, l, "%s/row", src->name);
+    if (nn_value_shape(val, src->dtype, src->rank, dims, NULL)) {
+        free(val->name);
+        return -1;
+    }
+    val->known = true;
+    val->producer = -1;
+    val->view_of = -1;
+    g->n_values++;
+    return r;
+}
+
+/* A Gather that keeps one position of its input along n->a.axis, of size above 1. */
+static bool row_gather(const nn_graph *g, const nn_node *n, int64_t *pos)
+{
+    if (n->dead || !is_op(n, "Gather"))
+        return false;
+    const nn_value *x = &g->values[n->in[0]], *ix = &g->values[n->in[1]];
+    if (x->data || !ix->data || ix->dtype != NN_DTYPE_INT64 || ix->rank != 1 ||
+        ix->n_elems != 1 || g->values[n->out[0]].rank != x->rank || x->dims[n->a.axis] < 2)
+        return false;
+    *pos = *(const int64_t *)ix->data;
+    return *pos >= 0 && *pos < x->dims[n->a.axis];
+}
+
+/* Axis of input k (in_ax[k]) that holds output axis a of step p, or -1 when input k does not
+ * vary along it (broadcast, a parameter, a shape). False when p combines positions along a,
+ * or would need a constant input cut. */
+static bool row_axes(const nn_graph *g, const nn_node *p, int a, int *in_ax)
+{
+    const nn_value *y = &g->values[p->out[0]];
+    int r = y->rank;
+    if (p->n_in > NN_ROW_MAX_IN || p->n_out < 1)
+        return false;
+    for (int k = 1; k < p->n_out; k++)
+        if (p->out[k] >= 0)
+            return false;
+    for (int k = 0; k < p->n_in; k++)
+        in_ax[k] = -1;
+    const char *op = p->op_type;
+    const nn_value *x = &g->values[p->in[0]];
+    if (p->op->infer == nn_op_find("Relu")->infer || is_op(p, "Clip")) {
+        in_ax[0] = a; /* the ops sharing Relu's inference are elementwise; Clip's bounds are
+                       * scalars */
+    } else if (p->n_in == 2 && (!strcmp(op, "Add") || !strcmp(op, "Sub") || !strcmp(op, "Mul") ||
+                                !strcmp(op, "Div") || !strcmp(op, "Pow"))) {
+        for (int k = 0; k < 2; k++) {
+            const nn_value *u = &g->values[p->in[k]];
+            int au = a - (r - u->rank);
+            if (au >= 0 && u->dims[au] != 1)
+                in_ax[k] = au;
+        }
+    } else if (!strcmp(op, "LayerNormalization")) {
+        if (a >= p->a.axis)
+            return false;
+        in_ax[0] = a;
+    } else if (!strcmp(op, "Softmax") || !strcmp(op, "LogSoftmax")) {
+        if (a == p->a.axis || (p->a.i1 && a > p->a.axis))
+            return false;
+        in_ax[0] = a;
+    } else if (!strcmp(op, "MatMul")) {
+        const nn_value *b = &g->values[p->in[1]];
+        if (a == r - 1 || x->rank < 2 || b->rank < 2)
+            return false;
+        if (a == r - 2) {
+            in_ax[0] = x->rank - 2;
+        } else {
+            for (int k = 0; k < 2; k++) {
+                const nn_value *u = &g->values[p->in[k]];
+                int au = a - (r - u->rank);
+                if (au >= 0 && u->dims[au] != 1)
+                    in_ax[k] = au;
+            }
+        }
+    } else if (!strcmp(op, "Gemm")) {
+        if (a != 0)
+            return false;
+        in_ax[0] = p->a.i0 ? 1 : 0;
+        if (p->n_in > 2 && p->in[2] >= 0) {
+            const nn_value *c = &g->values[p->in[2]];
+            if (c->rank == 2 && c->dims[0] != 1)
+                return false;
+        }
+    } else if (!strcmp(op, "Transpose")) {
+        in_ax[0] = (int)p->a.axes[a];
+    } else if (!strcmp(op, "Slice")) {
+        if (p->a.starts[a] != 0 || p->a.steps[a] != 1 || x->dims[a] != y->dims[a])
+            return false;
+        in_ax[0] = a;
+    } else if (!strcmp(op, "Reshape")) {
+        /* the axis survives when the elements before it and the axis itself are the same */
+        int64_t before = 1;
+        for (int d = 0; d < a; d++)
+            before *= y->dims[d];
+        int64_t acc = 1;
+        int b = 0;
+        while (b < x->rank && acc < before)
+            acc *= x->dims[b++];
+        while (b < x->rank && acc == before && x->dims[b] == 1 && y->dims[a] != 1)
+            b++;
+        if (b >= x->rank || acc != before || x->dims[b] != y->dims[a])
+            return false;
+        in_ax[0] = b;
+    } else {
+        return false;
+    }
+    for (int k = 0; k < p->n_in; k++)
+        if (in_ax[k] >= 0 && (p->in[k] < 0 || g->values[p->in[k]].data))
+            return false;
+    return true;
+}
+
+/* Gather node gi (row_gather) moves above the step producing its input: that step computes
+ * the one position, from Gathers of its inputs inserted before it. */
+static bool push_row_gather(nn_graph *g, size_t gi)
+{
+    int x = g->nodes[gi].in[0], idx = g->nodes[gi].in[1], y = g->nodes[gi].out[0];
+    int a = (int)g->nodes[gi].a.axis;
+    const nn_value *xv = &g->values[x];
+    if (xv->is_output || xv->is_input || xv->producer < 0 || readers(g, x, NULL, NULL) != 1)
+        return false;
+    size_t pi = (size_t)xv->producer;
+    const nn_node *p = &g->nodes[pi];
+    int in_ax[NN_ROW_MAX_IN];
+    if (p->dead || p->out[0] != x || !row_axes(g, p, a, in_ax))
+        return false;
+    /* every allocation first, so that a failure leaves the graph as it was */
+    int n_new = 0, cut[NN_ROW_MAX_IN] = {-1, -1, -1, -1, -1}, shape = -1;
+    for (int k = 0; k < p->n_in; k++)
+        n_new += in_ax[k] >= 0;
+    if (g->n_values + (size_t)n_new + 2 + g->n_nodes / 2 > g->cap_values)
+        return false; /* keep room for the rewrites and layout changes after this one */
+    char *names[NN_ROW_MAX_IN] = {0}, *types[NN_ROW_MAX_IN] = {0};
+    int *ins[NN_ROW_MAX_IN] = {0}, *outs[NN_ROW_MAX_IN] = {0};
+    bool ok = true;
+    for (int k = 0; k < p->n_in; k++) {
+        if (in_ax[k] < 0)
+            continue;
+        size_t l = strlen(p->name) + 8;
+        if ((names[k] = malloc(l)))
+            snprintf(names[k], l, "%s/row%d", p->name, k);
+        types[k] = strdup("Gather");
+        ins[k] = calloc(3, sizeof(int));
+        outs[k] = calloc(2, sizeof(int));
+        ok &= names[k] && types[k] && ins[k] && outs[k];
+    }
+    nn_node *nodes = ok ? realloc(g->nodes, (g->n_nodes + (size_t)n_new + 1) * sizeof(nn_node))
+                        : NULL;
+    if (nodes)
+        g->nodes = nodes;
+    p = &g->nodes[pi];
+    size_t n_values = g->n_values;
+    if (nodes && is_op(p, "Reshape") && p->n_in > 1 && p->in[1] >= 0) {
+        const nn_value *yv = &g->values[y];
+        int64_t dims[1] = {yv->rank};
+        void *data;
+        if ((shape = new_tensor(g, p->name, "/row_shape", NN_DTYPE_INT64, 1, dims, &data)) >= 0)
+            memcpy(data, yv->dims, (size_t)yv->rank * sizeof(int64_t));
+        ok &= shape >= 0;
+    }
+    for (int k = 0; k < p->n_in && nodes && ok; k++)
+        if (in_ax[k] >= 0)
+            ok &= (cut[k] = new_row_value(g, p->in[k], in_ax[k])) >= 0;
+    if (!nodes || !ok) {
+        while (g->n_values > n_values) {
+            nn_value *v = &g->values[--g->n_values];
+            free(v->name);
+            free(v->data);
+        }
+        for (int k = 0; k < NN_ROW_MAX_IN; k++) {
+            free(names[k]);
+            free(types[k]);
+            free(ins[k]);
+            free(outs[k]);
+        }
+        return false;
+    }
+    const nn_op *gather = g->nodes[gi].op;
+    for (int k = 0; k < g->nodes[pi].n_in; k++) {
+        if (cut[k] < 0)
+            continue;
+        nn_node *n = insert_node(g, pi); /* cannot fail: room was made above */
+        n->name = names[k];
+        n->op_type = types[k];
+        n->op = gather;
+        n->n_in = 2;
+        n->n_out = 1;
+        n->in = ins[k];
+        n->out = outs[k];
+        n->in[0] = g->nodes[pi + 1].in[k];
+        n->in[1] = idx;
+        n->out[0] = cut[k];
+        n->a.axis = in_ax[k];
+        g->values[cut[k]].producer = (int)pi;
+        pi++;
+        gi++;
+        g->nodes[pi].in[k] = cut[k];
+    }
+    nn_node *pn = &g->nodes[pi];
+    if (shape >= 0)
+        pn->in[1] = shape;
+    pn->out[0] = y;
+    g->values[y].producer = (int)pi;
+    g->values[x].producer = -1;
+    g->nodes[gi].dead = true;
+    return true;
+}
+
+/* x's readers, all row Gathers at one position along one axis: the first serves them all. */
+static bool merge_row_gathers(nn_graph *g, int x)
+{
+    int first = -1, count = 0;
+    int64_t pos0 = 0;
+    for (size_t i = 0; i < g->n_nodes; i++) {
+        const nn_node *n = &g->nodes[i];
+        if (n->dead)
+            continue;
+        for (int k = 0; k < n->n_in; k++) {
+            if (n->in[k] != x)
+                continue;
+            int64_t pos;
+            if (k != 0 || !row_gather(g, n, &pos) || g->values[n->out[0]].is_output)
+                return false;
+            if (first < 0) {
+                first = (int)i;
+                pos0 = pos;
+            } else if (pos != pos0 || n->a.axis != g->nodes[first].a.axis) {
+                return false;
+            }
+            count++;
+        }
+    }
+    if (count < 2)
+        return false;
+    int keep = g->nodes[first].out[0];
+    for (size_t i = (size_t)first + 1; i < g->n_nodes; i++) {
+        nn_node *n = &g->nodes[i];
+        if (n->dead || n->in[0] != x)
+            continue;
+        n->dead = true;
+        int o = n->out[0];
+        for (size_t j = i + 1; j < g->n_nodes; j++)
+            for (int k = 0; k < g->nodes[j].n_in; k++)
+                if (g->nodes[j].in[k] == o)
+                    g->nodes[j].in[k] = keep;
+    }
+    return true;
+}
+
+/* A Gather of one position (any index type, scalar or one entry) whose input's step keeps
+ * positions apart: a row Gather is put before it, which then moves up. */
+static bool seed_row_gather(nn_graph *g, size_t i)
+{
+    const nn_node *n = &g->nodes[i];
+    int64_t pos;
+    if (n->dead || !is_op(n, "Gather") || row_gather(g, n, &pos))
+        return false;
+    int x = n->in[0], a = (int)n->a.axis;
+    const nn_value *xv = &g->values[x], *ix = &g->values[n->in[1]];
+    int in_ax[NN_ROW_MAX_IN];
+    if (xv->data || !ix->data || ix->n_elems != 1 || ix->rank > 1 || xv->dims[a] < 2 ||
+        xv->is_output || xv->is_input || xv->producer < 0 || readers(g, x, NULL, NULL) != 1 ||
+        !row_axes(g, &g->nodes[xv->producer], a, in_ax))
+        return false;
+    int64_t one = 1, zero_dims[1] = {1};
+    pos = ix->dtype == NN_DTYPE_INT64 ? *(const int64_t *)ix->data
+                                      : ix->dtype == NN_DTYPE_INT32 ? *(const int32_t *)ix->data
+                                                                    : -1 - xv->dims[a];
+    if (pos < 0)
+        pos += xv->dims[a];
+    if (pos < 0 || pos >= xv->dims[a] || g->n_values + 3 + g->n_nodes / 2 > g->cap_values)
+        return false;
+    size_t n_values = g->n_values;
+    void *d_pos, *d_zero;
+    int v_pos = new_tensor(g, n->name, "/row_index", NN_DTYPE_INT64, 1, &one, &d_pos);
+    int v_zero = v_pos < 0 ? -1
+                           : new_tensor(g, n->name, "/row_zero", NN_DTYPE_INT64, ix->rank,
+                                        zero_dims, &d_zero);
+    int x1 = v_zero < 0 ? -1 : new_row_value(g, x, a);
+    char *name = malloc(strlen(n->name) + 8), *type = strdup("Gather");
+    int *in = calloc(3, sizeof(int)), *out = calloc(2, sizeof(int));
+    nn_node *nodes = x1 >= 0 && name && type && in && out
+                         ? realloc(g->nodes, (g->n_nodes + 2) * sizeof(nn_node))
+                         : NULL;
+    if (!nodes) {
+        while (g->n_values > n_values) {
+            nn_value *v = &g->values[--g->n_values];
+            free(v->name);
+            free(v->data);
+        }
+        free(name);
+        free(type);
+        free(in);
+        free(out);
+        return false;
+    }
+    g->nodes = nodes;
+    *(int64_t *)d_pos = pos;
+    sprintf(name, "%s/row", g->nodes[i].name);
+    nn_node *r = insert_node(g, i);
+    r->name = name;
+    r->op_type = type;
+    r->op = g->nodes[i + 1].op;
+    r->n_in = 2;
+    r->n_out = 1;
+    r->in = in;
+    r->out = out;
+    r->in[0] = x;
+    r->in[1] = v_pos;
+    r->out[0] = x1;
+    r->a.axis = a;
+    g->values[x1].producer = (int)i;
+    g->nodes[i + 1].in[0] = x1;
+    g->nodes[i + 1].in[1] = v_zero;
+    return true;
+}
+
+static size_t restrict_rows(nn_graph *g)
+{
+    size_t n_done = 0;
+    const char *e = getenv("XREG_NN_ROWS");
+    if (e && strcmp(e, "0") == 0)
+        return 0; /* to compare (docs/nn.md "One row") */
+    for (size_t i = 0; i < g->n_nodes; i++)
+        if (seed_row_gather(g, i))
+            i++; /* past the Gather just made */
+    for (bool again = true; again;) {
+        again = false;
+        for (size_t i = 0; i < g->n_nodes; i++) {
+            int64_t pos;
+            if (!row_gather(g, &g->nodes[i], &pos))
+                continue;
+            int x = g->nodes[i].in[0];
+            if (readers(g, x, NULL, NULL) > 1 && merge_row_gathers(g, x))
+                again = true;
+            if (!g->nodes[i].dead && push_row_gather(g, i)) {
+                again = true;
+                n_done++;
+            }
+        }
+    }
+    return n_done;
+}
+
 /* ---------------------------------------------------------------- in-place operands */
 
 /* A Transpose that moves only axes of size 1 keeps every element where it was: a view. */
@@ -767,7 +1168,9 @@ static size_t fuse_squeeze_excitation(nn_graph *g)
 
 size_t nn_graph_optimize(nn_graph *g)
 {
-    size_t n_done = fold_batchnorm(g) + map_layernorm(g) + transpose_views(g);
+    size_t n_done = fold_batchnorm(g) + map_layernorm(g);
+    n_done += restrict_rows(g);
+    n_done += transpose_views(g);
     for (size_t i = 0; i < g->n_nodes; i++) {
         nn_node *n = &g->nodes[i];
         if (n->dead || (!is_op(n, "Conv") && !is_op(n, "MatMul") && !is_op(n, "Gemm")))
