@@ -5,7 +5,9 @@
  * - activations after Conv/MatMul/Gemm become oneDNN post-ops: Relu, LeakyRelu, Clip,
  *   Sigmoid, Tanh, HardSigmoid, HardSwish, SiLU (x * Sigmoid(x)), GELU in the Erf form
  *   (x * 0.5 * (1 + Erf(x / sqrt 2)), as PyTorch exports it);
- * - a residual Add of another tensor of the same shape: the sum post-op.
+ * - a residual Add of another tensor of the same shape: the sum post-op;
+ * - a Gather of one sequence position moves up through the steps that keep positions apart,
+ *   which then compute that one row (restrict_rows).
  * A rewrite applies only when the intermediate tensor has no other reader and is not a graph
  * output, so results are those of the unfused graph up to float rounding.
  */
