@@ -527,6 +527,18 @@ static bool row_gather(const nn_graph *g, const nn_node *n, int64_t *pos)
     return *pos >= 0 && *pos < x->dims[n->a.axis];
 }
 
+/* Two inputs broadcast to rank r (numpy rules): the axis of each that holds output axis a,
+ * unless it is absent or of size 1 there (read whole). */
+static void broadcast_axes(const nn_graph *g, const nn_node *p, int a, int r, int *in_ax)
+{
+    for (int k = 0; k < 2; k++) {
+        const nn_value *u = &g->values[p->in[k]];
+        int au = a - (r - u->rank);
+        if (au >= 0 && u->dims[au] != 1)
+            in_ax[k] = au;
+    }
+}
+
 /* Axis of input k (in_ax[k]) that holds output axis a of step p, or -1 when input k does not
  * vary along it (broadcast, a parameter, a shape). False when p combines positions along a,
  * or would need a constant input cut. */
@@ -548,12 +560,7 @@ static bool row_axes(const nn_graph *g, const nn_node *p, int a, int *in_ax)
                        * scalars */
     } else if (p->n_in == 2 && (!strcmp(op, "Add") || !strcmp(op, "Sub") || !strcmp(op, "Mul") ||
                                 !strcmp(op, "Div") || !strcmp(op, "Pow"))) {
-        for (int k = 0; k < 2; k++) {
-            const nn_value *u = &g->values[p->in[k]];
-            int au = a - (r - u->rank);
-            if (au >= 0 && u->dims[au] != 1)
-                in_ax[k] = au;
-        }
+        broadcast_axes(g, p, a, r, in_ax);
     } else if (!strcmp(op, "LayerNormalization")) {
         if (a >= p->a.axis)
             return false;
@@ -569,12 +576,7 @@ static bool row_axes(const nn_graph *g, const nn_node *p, int a, int *in_ax)
         if (a == r - 2) {
             in_ax[0] = x->rank - 2;
         } else {
-            for (int k = 0; k < 2; k++) {
-                const nn_value *u = &g->values[p->in[k]];
-                int au = a - (r - u->rank);
-                if (au >= 0 && u->dims[au] != 1)
-                    in_ax[k] = au;
-            }
+            broadcast_axes(g, p, a, r, in_ax); /* batch axes broadcast alike */
         }
     } else if (!strcmp(op, "Gemm")) {
         if (a != 0)
