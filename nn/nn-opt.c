@@ -63,9 +63,10 @@ static int other_input(const nn_node *n, int v)
     return -1;
 }
 
-/* A new constant of the given type and shape (data owned by the graph, zeroed). */
-static int new_tensor(nn_graph *g, const char *base, const char *suffix, nn_dtype dt, int rank,
-                      const int64_t *dims, void **ret_data)
+/* A new runtime value of the given type and shape named base + suffix; -1 when there is no
+ * room or memory. */
+static int new_value(nn_graph *g, const char *base, const char *suffix, nn_dtype dt, int rank,
+                     const int64_t *dims)
 {
     if (g->n_values >= g->cap_values)
         return -1;
@@ -78,14 +79,39 @@ static int new_tensor(nn_graph *g, const char *base, const char *suffix, nn_dtyp
     if (!(val->name = malloc(l)))
         return -1;
     snprintf(val->name, l, "%s%s", base, suffix);
-    if (nn_value_shape(val, dt, rank, dims, NULL) ||
-        !(val->data = nn_aligned_alloc(val->n_bytes))) {
+    if (nn_value_shape(val, dt, rank, dims, NULL)) {
         free(val->name);
         return -1;
     }
-    memset(val->data, 0, val->n_bytes);
     val->known = true;
     g->n_values++;
+    return v;
+}
+
+/* Values made since the graph had n_values: given back (a rewrite that could not finish). */
+static void drop_values(nn_graph *g, size_t n_values)
+{
+    while (g->n_values > n_values) {
+        nn_value *v = &g->values[--g->n_values];
+        free(v->name);
+        free(v->data);
+    }
+}
+
+/* A new constant of the given type and shape (data owned by the graph, zeroed). */
+static int new_tensor(nn_graph *g, const char *base, const char *suffix, nn_dtype dt, int rank,
+                      const int64_t *dims, void **ret_data)
+{
+    size_t n_values = g->n_values;
+    int v = new_value(g, base, suffix, dt, rank, dims);
+    if (v < 0)
+        return -1;
+    nn_value *val = &g->values[v];
+    if (!(val->data = nn_aligned_alloc(val->n_bytes))) {
+        drop_values(g, n_values);
+        return -1;
+    }
+    memset(val->data, 0, val->n_bytes);
     *ret_data = val->data;
     return v;
 }
@@ -490,28 +516,69 @@ static nn_node *insert_node(nn_graph *g, size_t pos)
 /* A runtime value shaped like v but for axis ax, of size 1; -1 when there is no room. */
 static int new_row_value(nn_graph *g, int v, int ax)
 {
-    if (g->n_values >= g->cap_values)
-        return -1;
-    int r = (int)g->n_values;
     const nn_value *src = &g->values[v];
-    nn_value *val = &g->values[r];
-    memset(val, 0, sizeof(*val));
     int64_t dims[NN_MAX_RANK];
     memcpy(dims, src->dims, sizeof(dims));
     dims[ax] = 1;
-    size_t l = strlen(src->name) + 8;
-    if (!(val->name = malloc(l)))
-        return -1;
-    snprintf(val->name, l, "%s/row", src->name);
-    if (nn_value_shape(val, src->dtype, src->rank, dims, NULL)) {
-        free(val->name);
-        return -1;
-    }
-    val->known = true;
-    val->producer = -1;
-    val->view_of = -1;
-    g->n_values++;
-    return r;
+    return new_value(g, src->name, "/row", src->dtype, src->rank, dims);
+}
+
+/* A Gather node's parts, allocated before the graph changes so that placing it cannot fail. */
+typedef struct row_parts {
+    char *name, *op_type;
+    int *in, *out;
+} row_parts;
+
+static void row_parts_free(row_parts *r)
+{
+    free(r->name);
+    free(r->op_type);
+    free(r->in);
+    free(r->out);
+    memset(r, 0, sizeof(*r));
+}
+
+static bool row_parts_alloc(row_parts *r, const char *base, const char *suffix)
+{
+    size_t l = strlen(base) + strlen(suffix) + 1;
+    if ((r->name = malloc(l)))
+        snprintf(r->name, l, "%s%s", base, suffix);
+    r->op_type = strdup("Gather");
+    r->in = calloc(3, sizeof(int));
+    r->out = calloc(2, sizeof(int));
+    if (r->name && r->op_type && r->in && r->out)
+        return true;
+    row_parts_free(r);
+    return false;
+}
+
+/* Room for n more nodes (insert_node). */
+static bool reserve_nodes(nn_graph *g, size_t n)
+{
+    nn_node *nodes = realloc(g->nodes, (g->n_nodes + n + 1) * sizeof(nn_node));
+    if (nodes)
+        g->nodes = nodes;
+    return nodes != NULL;
+}
+
+/* out = Gather(x, idx, axis) as node pos (room reserved), made of parts r. */
+static void place_row_gather(nn_graph *g, size_t pos, row_parts *r, int x, int idx, int out,
+                             int axis)
+{
+    nn_node *n = insert_node(g, pos);
+    n->name = r->name;
+    n->op_type = r->op_type;
+    n->op = nn_op_find("Gather");
+    n->n_in = 2;
+    n->n_out = 1;
+    n->in = r->in;
+    n->out = r->out;
+    n->in[0] = x;
+    n->in[1] = idx;
+    n->out[0] = out;
+    n->a.axis = axis;
+    g->values[out].producer = (int)pos;
+    memset(r, 0, sizeof(*r));
 }
 
 /* A Gather that keeps one position of its input along n->a.axis, of size above 1. */
@@ -616,47 +683,46 @@ static bool row_axes(const nn_graph *g, const nn_node *p, int a, int *in_ax)
     return true;
 }
 
+/* The step producing x, when a Gather of x along axis a may move above it (in_ax: row_axes),
+ * else -1: x has that Gather as its only reader and is no graph input or output. */
+static int row_producer(const nn_graph *g, int x, int a, int *in_ax)
+{
+    const nn_value *xv = &g->values[x];
+    if (xv->data || xv->is_output || xv->is_input || xv->producer < 0 ||
+        readers(g, x, NULL, NULL) != 1)
+        return -1;
+    const nn_node *p = &g->nodes[xv->producer];
+    if (p->dead || p->out[0] != x || !row_axes(g, p, a, in_ax))
+        return -1;
+    return xv->producer;
+}
+
 /* Gather node gi (row_gather) moves above the step producing its input: that step computes
  * the one position, from Gathers of its inputs inserted before it. */
 static bool push_row_gather(nn_graph *g, size_t gi)
 {
     int x = g->nodes[gi].in[0], idx = g->nodes[gi].in[1], y = g->nodes[gi].out[0];
-    int a = (int)g->nodes[gi].a.axis;
-    const nn_value *xv = &g->values[x];
-    if (xv->is_output || xv->is_input || xv->producer < 0 || readers(g, x, NULL, NULL) != 1)
+    int in_ax[NN_ROW_MAX_IN], pp = row_producer(g, x, (int)g->nodes[gi].a.axis, in_ax);
+    if (pp < 0)
         return false;
-    size_t pi = (size_t)xv->producer;
+    size_t pi = (size_t)pp;
     const nn_node *p = &g->nodes[pi];
-    int in_ax[NN_ROW_MAX_IN];
-    if (p->dead || p->out[0] != x || !row_axes(g, p, a, in_ax))
-        return false;
     /* every allocation first, so that a failure leaves the graph as it was */
     int n_new = 0, cut[NN_ROW_MAX_IN] = {-1, -1, -1, -1, -1}, shape = -1;
     for (int k = 0; k < p->n_in; k++)
         n_new += in_ax[k] >= 0;
     if (g->n_values + (size_t)n_new + 2 + g->n_nodes / 2 > g->cap_values)
         return false; /* keep room for the rewrites and layout changes after this one */
-    char *names[NN_ROW_MAX_IN] = {0}, *types[NN_ROW_MAX_IN] = {0};
-    int *ins[NN_ROW_MAX_IN] = {0}, *outs[NN_ROW_MAX_IN] = {0};
-    bool ok = true;
-    for (int k = 0; k < p->n_in; k++) {
-        if (in_ax[k] < 0)
-            continue;
-        size_t l = strlen(p->name) + 8;
-        if ((names[k] = malloc(l)))
-            snprintf(names[k], l, "%s/row%d", p->name, k);
-        types[k] = strdup("Gather");
-        ins[k] = calloc(3, sizeof(int));
-        outs[k] = calloc(2, sizeof(int));
-        ok &= names[k] && types[k] && ins[k] && outs[k];
-    }
-    nn_node *nodes = ok ? realloc(g->nodes, (g->n_nodes + (size_t)n_new + 1) * sizeof(nn_node))
-                        : NULL;
-    if (nodes)
-        g->nodes = nodes;
+    row_parts parts[NN_ROW_MAX_IN] = {0};
+    bool ok = reserve_nodes(g, (size_t)n_new);
     p = &g->nodes[pi];
+    for (int k = 0; k < p->n_in && ok; k++) {
+        char suffix[16];
+        snprintf(suffix, sizeof(suffix), "/row%d", k);
+        ok &= in_ax[k] < 0 || row_parts_alloc(&parts[k], p->name, suffix);
+    }
     size_t n_values = g->n_values;
-    if (nodes && is_op(p, "Reshape") && p->n_in > 1 && p->in[1] >= 0) {
+    if (ok && is_op(p, "Reshape") && p->n_in > 1 && p->in[1] >= 0) {
         const nn_value *yv = &g->values[y];
         int64_t dims[1] = {yv->rank};
         void *data;
@@ -664,40 +730,19 @@ static bool push_row_gather(nn_graph *g, size_t gi)
             memcpy(data, yv->dims, (size_t)yv->rank * sizeof(int64_t));
         ok &= shape >= 0;
     }
-    for (int k = 0; k < p->n_in && nodes && ok; k++)
+    for (int k = 0; k < p->n_in && ok; k++)
         if (in_ax[k] >= 0)
             ok &= (cut[k] = new_row_value(g, p->in[k], in_ax[k])) >= 0;
-    if (!nodes || !ok) {
-        while (g->n_values > n_values) {
-            nn_value *v = &g->values[--g->n_values];
-            free(v->name);
-            free(v->data);
-        }
-        for (int k = 0; k < NN_ROW_MAX_IN; k++) {
-            free(names[k]);
-            free(types[k]);
-            free(ins[k]);
-            free(outs[k]);
-        }
+    if (!ok) {
+        drop_values(g, n_values);
+        for (int k = 0; k < NN_ROW_MAX_IN; k++)
+            row_parts_free(&parts[k]);
         return false;
     }
-    const nn_op *gather = g->nodes[gi].op;
     for (int k = 0; k < g->nodes[pi].n_in; k++) {
         if (cut[k] < 0)
             continue;
-        nn_node *n = insert_node(g, pi); /* cannot fail: room was made above */
-        n->name = names[k];
-        n->op_type = types[k];
-        n->op = gather;
-        n->n_in = 2;
-        n->n_out = 1;
-        n->in = ins[k];
-        n->out = outs[k];
-        n->in[0] = g->nodes[pi + 1].in[k];
-        n->in[1] = idx;
-        n->out[0] = cut[k];
-        n->a.axis = in_ax[k];
-        g->values[cut[k]].producer = (int)pi;
+        place_row_gather(g, pi, &parts[k], g->nodes[pi].in[k], idx, cut[k], in_ax[k]);
         pi++;
         gi++;
         g->nodes[pi].in[k] = cut[k];
@@ -765,8 +810,7 @@ static bool seed_row_gather(nn_graph *g, size_t i)
     const nn_value *xv = &g->values[x], *ix = &g->values[n->in[1]];
     int in_ax[NN_ROW_MAX_IN];
     if (xv->data || !ix->data || ix->n_elems != 1 || ix->rank > 1 || xv->dims[a] < 2 ||
-        xv->is_output || xv->is_input || xv->producer < 0 || readers(g, x, NULL, NULL) != 1 ||
-        !row_axes(g, &g->nodes[xv->producer], a, in_ax))
+        row_producer(g, x, a, in_ax) < 0)
         return false;
     int64_t one = 1, zero_dims[1] = {1};
     pos = ix->dtype == NN_DTYPE_INT64 ? *(const int64_t *)ix->data
@@ -783,39 +827,14 @@ static bool seed_row_gather(nn_graph *g, size_t i)
                            : new_tensor(g, n->name, "/row_zero", NN_DTYPE_INT64, ix->rank,
                                         zero_dims, &d_zero);
     int x1 = v_zero < 0 ? -1 : new_row_value(g, x, a);
-    char *name = malloc(strlen(n->name) + 8), *type = strdup("Gather");
-    int *in = calloc(3, sizeof(int)), *out = calloc(2, sizeof(int));
-    nn_node *nodes = x1 >= 0 && name && type && in && out
-                         ? realloc(g->nodes, (g->n_nodes + 2) * sizeof(nn_node))
-                         : NULL;
-    if (!nodes) {
-        while (g->n_values > n_values) {
-            nn_value *v = &g->values[--g->n_values];
-            free(v->name);
-            free(v->data);
-        }
-        free(name);
-        free(type);
-        free(in);
-        free(out);
+    row_parts parts = {0};
+    if (x1 < 0 || !row_parts_alloc(&parts, n->name, "/row") || !reserve_nodes(g, 1)) {
+        drop_values(g, n_values);
+        row_parts_free(&parts);
         return false;
     }
-    g->nodes = nodes;
     *(int64_t *)d_pos = pos;
-    sprintf(name, "%s/row", g->nodes[i].name);
-    nn_node *r = insert_node(g, i);
-    r->name = name;
-    r->op_type = type;
-    r->op = g->nodes[i + 1].op;
-    r->n_in = 2;
-    r->n_out = 1;
-    r->in = in;
-    r->out = out;
-    r->in[0] = x;
-    r->in[1] = v_pos;
-    r->out[0] = x1;
-    r->a.axis = a;
-    g->values[x1].producer = (int)i;
+    place_row_gather(g, i, &parts, x, v_pos, x1, a);
     g->nodes[i + 1].in[0] = x1;
     g->nodes[i + 1].in[1] = v_zero;
     return true;
