@@ -14,6 +14,7 @@
 #endif
 
 #include "nn-internal.h"
+#include "nn-simd.h"
 
 #define IN(i) (&g->values[n->in[i]])
 #define OUTV(i) (&g->values[n->out[i]])
@@ -308,40 +309,11 @@ xr_code nn_layout_fixup(nn_graph *g, xr_error *err)
 /* ---------------------------------------------------------------- SiLU pass */
 
 #if defined(__x86_64__)
-/* y = x / (1 + exp(-x)), 8 lanes at a time: exp by 2^k * polynomial on [-ln2/2, ln2/2] (the
- * Cephes expf coefficients; relative error ~1.3e-7 overall); -x is clamped to +-88.38 so exp
- * neither overflows nor underflows (silu(x) for x < -88 is ~0 either way). */
-__attribute__((target("avx2,fma"))) static inline __m256 exp_neg_avx2(__m256 x)
-{
-    const __m256 hi = _mm256_set1_ps(88.3762626647949f), lo = _mm256_set1_ps(-88.3762626647949f);
-    const __m256 log2e = _mm256_set1_ps(1.44269504088896341f), one = _mm256_set1_ps(1.0f);
-    const __m256 ln2_hi = _mm256_set1_ps(0.693359375f), ln2_lo = _mm256_set1_ps(-2.12194440e-4f);
-    const __m256 c0 = _mm256_set1_ps(1.9875691500e-4f), c1 = _mm256_set1_ps(1.3981999507e-3f),
-                 c2 = _mm256_set1_ps(8.3334519073e-3f), c3 = _mm256_set1_ps(4.1665795894e-2f),
-                 c4 = _mm256_set1_ps(1.6666665459e-1f), c5 = _mm256_set1_ps(5.0000001201e-1f);
-    __m256 t = _mm256_max_ps(_mm256_min_ps(_mm256_sub_ps(_mm256_setzero_ps(), x), hi), lo);
-    __m256 k = _mm256_round_ps(_mm256_mul_ps(t, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(k, ln2_hi, t);
-    r = _mm256_fnmadd_ps(k, ln2_lo, r);
-    __m256 e = _mm256_fmadd_ps(c0, r, c1);
-    e = _mm256_fmadd_ps(e, r, c2);
-    e = _mm256_fmadd_ps(e, r, c3);
-    e = _mm256_fmadd_ps(e, r, c4);
-    e = _mm256_fmadd_ps(e, r, c5);
-    e = _mm256_fmadd_ps(e, _mm256_mul_ps(r, r), _mm256_add_ps(r, one));
-    __m256i pw = _mm256_slli_epi32(
-        _mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
-    return _mm256_mul_ps(e, _mm256_castsi256_ps(pw));
-}
-
 __attribute__((target("avx2,fma"))) static void silu_avx2(float *p, size_t n)
 {
-    const __m256 one = _mm256_set1_ps(1.0f);
     size_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        __m256 x = _mm256_loadu_ps(p + i);
-        _mm256_storeu_ps(p + i, _mm256_div_ps(x, _mm256_add_ps(one, exp_neg_avx2(x))));
-    }
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(p + i, silu8_avx2(_mm256_loadu_ps(p + i)));
     for (; i < n; i++)
         p[i] = p[i] / (1.0f + expf(-p[i]));
 }
