@@ -8,34 +8,34 @@
 #if defined(__x86_64__)
 #include <immintrin.h>
 
-/* exp(-x), 8 lanes at a time: 2^k * polynomial of r = -x - k ln2 on [-ln2/2, ln2/2] (the
- * Cephes expf coefficients, odd ones negated since the polynomial runs in -r; relative error
- * ~1.3e-7 overall). k is rounded by adding 1.5 * 2^23 + 127, whose low mantissa bits are then
- * k + 127, the exponent of 2^k: two operations fewer than round and convert, 10% faster.
- * x is clamped to +-88.38 so exp neither overflows nor underflows (silu(x) for x < -88 is ~0
- * either way). */
+/* exp(-x), 8 lanes at a time: 2^k * p(-r), r = x + k ln2, -r in [-ln2/2, ln2/2]. p is a
+ * degree-5 polynomial fitted to exp there for least maximum relative error with p(0) = 1
+ * (tools/fit-exp.py; odd coefficients negated since it runs in r). One ln2 in float is
+ * enough: its 1.9e-9 error times |k| stays at float precision for the |x| < 17 where exp(-x)
+ * matters next to 1. k is rounded by adding 1.5 * 2^23 + 127, whose low mantissa bits are then
+ * k + 127, the exponent of 2^k. SiLU's relative error over [-90, 90] is 3.5e-7; it takes 0.28
+ * ns per element on one thread, 0.42 with Cephes' degree-7 form, ln2 in two parts, round and
+ * convert. x is clamped to +-88.38 so exp neither overflows nor underflows (silu(x) for
+ * x < -88 is ~0 either way). */
 __attribute__((target("avx2,fma"))) static inline __m256 exp_neg_avx2(__m256 x)
 {
     const __m256 hi = _mm256_set1_ps(88.3762626647949f), lo = _mm256_set1_ps(-88.3762626647949f);
     const __m256 nlog2e = _mm256_set1_ps(-1.44269504088896341f);
     const __m256 magic = _mm256_set1_ps(12582912.0f + 127.0f);
-    const __m256 ln2_hi = _mm256_set1_ps(0.693359375f), ln2_lo = _mm256_set1_ps(-2.12194440e-4f);
-    const __m256 c0 = _mm256_set1_ps(-1.9875691500e-4f), c1 = _mm256_set1_ps(1.3981999507e-3f),
-                 c2 = _mm256_set1_ps(-8.3334519073e-3f), c3 = _mm256_set1_ps(4.1665795894e-2f),
-                 c4 = _mm256_set1_ps(-1.6666665459e-1f), c5 = _mm256_set1_ps(5.0000001201e-1f),
-                 c6 = _mm256_set1_ps(-1.0f), c7 = _mm256_set1_ps(1.0f);
+    const __m256 ln2 = _mm256_set1_ps(0.693147180559945f);
+    const __m256 c5 = _mm256_set1_ps(-0.008290302939713001f),
+                 c4 = _mm256_set1_ps(0.04189792275428772f),
+                 c3 = _mm256_set1_ps(-0.1666763573884964f),
+                 c2 = _mm256_set1_ps(0.4999915063381195f),
+                 c1 = _mm256_set1_ps(-0.9999997019767761f), c0 = _mm256_set1_ps(1.0f);
     x = _mm256_max_ps(_mm256_min_ps(x, hi), lo);
     __m256 kf = _mm256_fmadd_ps(x, nlog2e, magic);
-    __m256 k = _mm256_sub_ps(kf, magic);
-    __m256 r = _mm256_fmadd_ps(k, ln2_hi, x); /* the negated reduced argument */
-    r = _mm256_fmadd_ps(k, ln2_lo, r);
-    __m256 e = _mm256_fmadd_ps(c0, r, c1);
-    e = _mm256_fmadd_ps(e, r, c2);
+    __m256 r = _mm256_fmadd_ps(_mm256_sub_ps(kf, magic), ln2, x);
+    __m256 e = _mm256_fmadd_ps(c5, r, c4);
     e = _mm256_fmadd_ps(e, r, c3);
-    e = _mm256_fmadd_ps(e, r, c4);
-    e = _mm256_fmadd_ps(e, r, c5);
-    e = _mm256_fmadd_ps(e, r, c6);
-    e = _mm256_fmadd_ps(e, r, c7);
+    e = _mm256_fmadd_ps(e, r, c2);
+    e = _mm256_fmadd_ps(e, r, c1);
+    e = _mm256_fmadd_ps(e, r, c0);
     __m256i pw = _mm256_slli_epi32(_mm256_castps_si256(kf), 23);
     return _mm256_mul_ps(e, _mm256_castsi256_ps(pw));
 }

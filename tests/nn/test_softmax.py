@@ -55,7 +55,7 @@ def run(path: pathlib.Path, x: np.ndarray, tmp: pathlib.Path) -> np.ndarray:
 
 
 def check(got: np.ndarray, want: np.ndarray) -> None:
-    """Each element within 2e-6 of its value (the exp is good to ~1.3e-7) and 1e-12 absolute;
+    """Each element within 2e-6 of its value (the exp is good to ~2e-7) and 1e-12 absolute;
     NaN exactly where the reference has NaN. A sum off by 1e-4 fails it."""
     assert np.array_equal(np.isnan(got), np.isnan(want))
     ok = ~np.isnan(want)
