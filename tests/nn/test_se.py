@@ -78,7 +78,10 @@ def steps(model):
 
 @pytest.mark.parametrize("c,cr,after_conv,batch", [
     (24, 6, True, 1), (24, 6, True, 3), (20, 5, True, 1), (20, 5, True, 3),
-    (20, 5, False, 1), (20, 5, False, 2)])
+    (20, 5, False, 1), (20, 5, False, 2),
+    # enough work for both threads: the products split in rows of 16, the last one partial,
+    # and 204 channels leave 4 padding lanes in the last 8-channel block
+    (204, 51, True, 3)])
 def test_squeeze_excitation_matches_numpy(tmp_path, c, cr, after_conv, batch):
     model = tmp_path / "se.onnx"
     w = se_model(model, c, cr, after_conv)
