@@ -581,10 +581,12 @@ static xr_code wino_prepare(nn_graph *g, nn_node *n, xr_error *err)
     set_layout(n, OUTV(0), &yb);
     size_t i = (size_t)(n - g->nodes);
     const nn_node *dn = g->donor && i < g->donor->n_nodes ? &g->donor->nodes[i] : NULL;
-    if (dn && dn->wino && strcmp(dn->name, n->name) == 0 && dn->in[1] == n->in[1])
+    int m = nn_wino_tile(x->dims[2], x->dims[3], x->dims[1], w->dims[0]);
+    if (dn && dn->wino && strcmp(dn->name, n->name) == 0 && dn->in[1] == n->in[1] &&
+        nn_wino_m(dn->wino) == m)
         n->wino = nn_wino_borrow(dn->wino);
     else
-        n->wino = nn_wino_new(w->data, w->dims[0], w->dims[1]);
+        n->wino = nn_wino_new(w->data, w->dims[0], w->dims[1], m);
     if (!n->wino)
         return xr_error_set(err, XR_E_NOMEM, "out of memory transforming the weights of \"%s\"",
                             n->name);

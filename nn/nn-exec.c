@@ -63,7 +63,7 @@ typedef struct nn_lane {
     void *scratch;
     dnnl_stream_t stream;
     dnnl_memory_t *mems[NN_MAX_PLANS];
-    double *prof_ns[NN_MAX_PLANS]; /* XREG_NN_PROFILE (lane 0): time per step, summed */
+    double *prof_ns[NN_MAX_PLANS]; /* XREG_NN_PROFILE: time per step, summed */
     uint64_t prof_runs[NN_MAX_PLANS];
 } nn_lane;
 
@@ -79,32 +79,51 @@ static double mono_ns(void)
     return (double)ts.tv_sec * 1e9 + (double)ts.tv_nsec;
 }
 
-/* oneDNN primitive, nn's Winograd, another of nn's own fast kernels (a step whose op is not
- * the table's: squeeze-excitation, Softmax rows), or the op's reference kernel */
+/* oneDNN primitive, nn's Winograd (F(2x2) or F(4x4)), another of nn's own fast kernels (a step
+ * whose op is not the table's: squeeze-excitation, Softmax rows), or the op's reference
+ * kernel */
 static const char *step_engine(const nn_node *n)
 {
-    return n->prim ? "oneDNN" : n->wino ? "Winograd" : n->op != nn_op_find(n->op_type) ? "nn"
-                                                                                   : "reference";
+    if (n->wino)
+        return nn_wino_m(n->wino) == 4 ? "Winograd4" : "Winograd";
+    return n->prim ? "oneDNN" : n->op != nn_op_find(n->op_type) ? "nn" : "reference";
 }
 
 /* Time per op type and engine (oneDNN primitive, Winograd, nn's own kernel), per run, on
  * stderr: where a model spends its time, without DNNL_VERBOSE's per-call lines. */
+static int session_lanes(const nn_model *m);
+
 static void profile_print(const nn_session *s)
 {
-    const nn_lane *ln = &s->lane[0];
     for (int p = 0; p < s->m->n_plans; p++) {
         const nn_plan *pl = &s->m->plan[p];
-        if (!ln->prof_ns[p] || !ln->prof_runs[p])
+        /* summed over the lanes: which lane runs a batch's samples is not fixed */
+        double *ns = calloc(pl->n_steps + 1, sizeof(double));
+        uint64_t runs = 0;
+        if (!ns)
+            return;
+        for (int i = 0; i < session_lanes(s->m); i++) {
+            const nn_lane *ln = &s->lane[i];
+            if (!ln->prof_ns[p])
+                continue;
+            runs += ln->prof_runs[p];
+            for (size_t st = 0; st < pl->n_steps; st++)
+                ns[st] += ln->prof_ns[p][st];
+        }
+        if (!runs) {
+            free(ns);
             continue;
+        }
         double total = 0;
         for (size_t st = 0; st < pl->n_steps; st++)
-            total += ln->prof_ns[p][st];
+            total += ns[st];
         fprintf(stderr, "nn profile: batch %lld, %llu runs, %.3f ms per run\n",
-                (long long)pl->batch, (unsigned long long)ln->prof_runs[p],
-                total / 1e6 / (double)ln->prof_runs[p]);
+                (long long)pl->batch, (unsigned long long)runs, total / 1e6 / (double)runs);
         bool *seen = calloc(pl->n_steps, sizeof(bool));
-        if (!seen)
+        if (!seen) {
+            free(ns);
             return;
+        }
         for (size_t st = 0; st < pl->n_steps; st++) {
             if (seen[st])
                 continue;
@@ -116,18 +135,20 @@ static void profile_print(const nn_session *s)
                 const nn_node *q = &pl->g.nodes[pl->steps[o]];
                 if (!seen[o] && step_engine(q) == engine && strcmp(q->op_type, n->op_type) == 0) {
                     seen[o] = true;
-                    t += ln->prof_ns[p][o];
+                    t += ns[o];
                     count++;
                 }
             }
             fprintf(stderr, "  %-22s %-9s %4d steps %9.3f ms %5.1f%%\n", n->op_type, engine,
-                    count, t / 1e6 / (double)ln->prof_runs[p],
+                    count, t / 1e6 / (double)runs,
                     total > 0 ? 100.0 * t / total : 0.0);
         }
         free(seen);
         const char *mode = getenv("XREG_NN_PROFILE");
-        if (!mode || strcmp(mode, "steps") != 0)
+        if (!mode || strcmp(mode, "steps") != 0) {
+            free(ns);
             continue;
+        }
         /* every step, with its output's shape: which of a type's steps cost */
         for (size_t st = 0; st < pl->n_steps; st++) {
             const nn_node *n = &pl->g.nodes[pl->steps[st]];
@@ -137,9 +158,9 @@ static void profile_print(const nn_session *s)
                 o += snprintf(dims + o, sizeof(dims) - (size_t)o, "%s%lld", d ? "x" : "",
                               (long long)y->dims[d]);
             fprintf(stderr, "  step %4zu %-22s %-9s %-24s %9.3f ms\n", st, n->op_type,
-                    step_engine(n), dims,
-                    ln->prof_ns[p][st] / 1e6 / (double)ln->prof_runs[p]);
+                    step_engine(n), dims, ns[st] / 1e6 / (double)runs);
         }
+        free(ns);
     }
 }
 
@@ -990,7 +1011,7 @@ xr_code nn_session_new(const nn_model *m, int n_threads, nn_session **ret_sessio
     const char *prof = getenv("XREG_NN_PROFILE");
     bool profile = prof && *prof && strcmp(prof, "0") != 0;
     for (int i = 0; i < session_lanes(m) && !rc; i++)
-        rc = lane_init(m, &s->lane[i], i && !m->lane_chunks ? 1 : m->n_plans, profile && !i, err);
+        rc = lane_init(m, &s->lane[i], i && !m->lane_chunks ? 1 : m->n_plans, profile, err);
     if (rc) {
         nn_session_free(s);
         return rc;

@@ -279,16 +279,23 @@ xr_code nn_pre_run(const nn_graph *g, const nn_node *n, nn_exec *x, xr_error *er
  * by it, as one step (made only by nn-opt.c; inputs x, W1, b1, W2, b2). */
 extern const nn_op nn_op_squeeze_excitation;
 
-/* nn-wino.c: 3x3 stride-1 convolutions by Winograd F(2x2, 3x3) on nChw8c activations. */
+/* nn-wino.c: 3x3 stride-1 convolutions by Winograd F(2x2, 3x3) or F(4x4, 3x3) on nChw8c
+ * activations. */
 typedef struct nn_wino nn_wino;
 /* Whether n (a prepared-to-be Conv) runs so on this CPU: 3x3, stride 1, pads 1, group 1,
  * in-channels a multiple of 8, out-channels of 16, constant weights, no post-op but ReLU, and
  * outputs large enough that Winograd does fewer multiply-adds (nn_wino_mac_ratio). */
 bool nn_wino_eligible(const nn_graph *g, const nn_node *n);
-/* Winograd's multiply-adds over the direct sum's for this shape, tile padding included. */
-double nn_wino_mac_ratio(int64_t batch, int64_t h, int64_t w, int64_t cin, int64_t cout);
-/* Weights w [cout][cin][3][3] transformed and packed; NULL when out of memory. */
-nn_wino *nn_wino_new(const float *w, int64_t cout, int64_t cin);
+/* The output tile side (2 or 4) for a layer; XREG_NN_WINOGRAD=2 forces 2. */
+int nn_wino_tile(int64_t h, int64_t w, int64_t cin, int64_t cout);
+/* Winograd's multiply-adds over the direct sum's for this shape and tile side, tile padding
+ * included. */
+double nn_wino_mac_ratio(int64_t batch, int64_t h, int64_t w, int64_t cin, int64_t cout, int m);
+/* Weights w [cout][cin][3][3] transformed for tile side m (2 or 4) and packed; NULL when out
+ * of memory. */
+nn_wino *nn_wino_new(const float *w, int64_t cout, int64_t cin, int m);
+/* The tile side z was made for. */
+int nn_wino_m(const nn_wino *z);
 /* Another plan's transformed weights, shared (freed with the donor). */
 nn_wino *nn_wino_borrow(const nn_wino *donor);
 void nn_wino_free(nn_wino *z);
