@@ -89,19 +89,25 @@ static const char *step_engine(const nn_node *n)
     return n->prim ? "oneDNN" : n->op != nn_op_find(n->op_type) ? "nn" : "reference";
 }
 
-/* Time per op type and engine (oneDNN primitive, Winograd, nn's own kernel), per run, on
- * stderr: where a model spends its time, without DNNL_VERBOSE's per-call lines. */
 static int session_lanes(const nn_model *m);
 
+/* Time per op type and engine (oneDNN primitive, Winograd, nn's own kernel), per run, on
+ * stderr: where a model spends its time, without DNNL_VERBOSE's per-call lines. */
 static void profile_print(const nn_session *s)
 {
+    const char *mode = getenv("XREG_NN_PROFILE");
+    bool every_step = mode && strcmp(mode, "steps") == 0;
     for (int p = 0; p < s->m->n_plans; p++) {
         const nn_plan *pl = &s->m->plan[p];
         /* summed over the lanes: which lane runs a batch's samples is not fixed */
         double *ns = calloc(pl->n_steps + 1, sizeof(double));
+        bool *seen = calloc(pl->n_steps + 1, sizeof(bool));
         uint64_t runs = 0;
-        if (!ns)
+        if (!ns || !seen) {
+            free(ns);
+            free(seen);
             return;
+        }
         for (int i = 0; i < session_lanes(s->m); i++) {
             const nn_lane *ln = &s->lane[i];
             if (!ln->prof_ns[p])
@@ -112,6 +118,7 @@ static void profile_print(const nn_session *s)
         }
         if (!runs) {
             free(ns);
+            free(seen);
             continue;
         }
         double total = 0;
@@ -119,11 +126,6 @@ static void profile_print(const nn_session *s)
             total += ns[st];
         fprintf(stderr, "nn profile: batch %lld, %llu runs, %.3f ms per run\n",
                 (long long)pl->batch, (unsigned long long)runs, total / 1e6 / (double)runs);
-        bool *seen = calloc(pl->n_steps, sizeof(bool));
-        if (!seen) {
-            free(ns);
-            return;
-        }
         for (size_t st = 0; st < pl->n_steps; st++) {
             if (seen[st])
                 continue;
@@ -143,14 +145,8 @@ static void profile_print(const nn_session *s)
                     count, t / 1e6 / (double)runs,
                     total > 0 ? 100.0 * t / total : 0.0);
         }
-        free(seen);
-        const char *mode = getenv("XREG_NN_PROFILE");
-        if (!mode || strcmp(mode, "steps") != 0) {
-            free(ns);
-            continue;
-        }
         /* every step, with its output's shape: which of a type's steps cost */
-        for (size_t st = 0; st < pl->n_steps; st++) {
+        for (size_t st = 0; every_step && st < pl->n_steps; st++) {
             const nn_node *n = &pl->g.nodes[pl->steps[st]];
             const nn_value *y = &pl->g.values[n->out[0]];
             char dims[96] = "";
@@ -161,6 +157,7 @@ static void profile_print(const nn_session *s)
                     step_engine(n), dims, ns[st] / 1e6 / (double)runs);
         }
         free(ns);
+        free(seen);
     }
 }
 

@@ -13,8 +13,9 @@
  *   M[P][G][Cout]  the P products
  *   U[P][Cout/16][Cin][16]  transformed weights, 16 out-channels side by side
  * F(2x2, 3x3) keeps fp32 rounding close to the direct sum (its transforms only add and halve);
- * F(4x4, 3x3) (Lavin and Gray's points 0, +-1, +-2) multiplies by up to 8 and rounds about 10
- * times worse, still 1e-6 of the largest output on ResNet's layers (test-nn-wino).
+ * F(4x4, 3x3) (Lavin and Gray's points 0, +-1, +-2) multiplies by up to 8 and rounds worse:
+ * 1.25e-5 of the largest output at 256 in-channels (test-nn-wino), which is why nn_wino_tile
+ * keeps it to the layers where it pays.
  */
 #include <omp.h>
 #include <stdlib.h>
@@ -266,6 +267,14 @@ __attribute__((target("avx2,fma"))) static void input_tile(const float *x, int64
     }
 }
 
+/* One output pixel's 8 channels: v + bias, then ReLU when relu. */
+__attribute__((target("avx2,fma"))) static inline void put8(float *y, __m256 v, __m256 b,
+                                                            bool relu)
+{
+    v = _mm256_add_ps(v, b);
+    _mm256_storeu_ps(y, relu ? _mm256_max_ps(v, _mm256_setzero_ps()) : v);
+}
+
 /* A^T m A of one tile (8 out-channels) + bias, ReLU, into the 2x2 outputs inside the image. */
 __attribute__((target("avx2,fma"))) static void output_tile(const float *m, int64_t plane,
                                                             const float *bias, bool relu,
@@ -280,16 +289,13 @@ __attribute__((target("avx2,fma"))) static void output_tile(const float *m, int6
         s[0][j] = _mm256_add_ps(_mm256_add_ps(m0, m1), m2);
         s[1][j] = _mm256_sub_ps(_mm256_sub_ps(m1, m2), m3);
     }
-    __m256 b = bias ? _mm256_loadu_ps(bias) : _mm256_setzero_ps(), zero = _mm256_setzero_ps();
-    for (int i = 0; i < 2; i++) {
-        if (y0 + i >= h)
-            break;
+    __m256 b = bias ? _mm256_loadu_ps(bias) : _mm256_setzero_ps();
+    for (int i = 0; i < 2 && y0 + i < h; i++) {
         __m256 o[2];
-        o[0] = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(s[i][0], s[i][1]), s[i][2]), b);
-        o[1] = _mm256_add_ps(_mm256_sub_ps(_mm256_sub_ps(s[i][1], s[i][2]), s[i][3]), b);
+        o[0] = _mm256_add_ps(_mm256_add_ps(s[i][0], s[i][1]), s[i][2]);
+        o[1] = _mm256_sub_ps(_mm256_sub_ps(s[i][1], s[i][2]), s[i][3]);
         for (int j = 0; j < 2 && x0 + j < w; j++)
-            _mm256_storeu_ps(y + ((y0 + i) * w + x0 + j) * 8,
-                             relu ? _mm256_max_ps(o[j], zero) : o[j]);
+            put8(y + ((y0 + i) * w + x0 + j) * 8, o[j], b, relu);
     }
 }
 
@@ -361,14 +367,12 @@ __attribute__((target("avx2,fma"))) static void output_tile4(const float *m, int
         for (int i = 0; i < 4; i++)
             s[i][j] = r[i];
     }
-    __m256 b = bias ? _mm256_loadu_ps(bias) : _mm256_setzero_ps(), zero = _mm256_setzero_ps();
+    __m256 b = bias ? _mm256_loadu_ps(bias) : _mm256_setzero_ps();
     for (int i = 0; i < 4 && y0 + i < h; i++) {
         __m256 o[4];
         at6(s[i], o);
-        for (int j = 0; j < 4 && x0 + j < w; j++) {
-            __m256 v = _mm256_add_ps(o[j], b);
-            _mm256_storeu_ps(y + ((y0 + i) * w + x0 + j) * 8, relu ? _mm256_max_ps(v, zero) : v);
-        }
+        for (int j = 0; j < 4 && x0 + j < w; j++)
+            put8(y + ((y0 + i) * w + x0 + j) * 8, o[j], b, relu);
     }
 }
 #endif
