@@ -797,6 +797,83 @@ out:
     return rc;
 }
 
+static bool mm_conv_enabled(void)
+{
+    const char *e = getenv("XREG_NN_MATMUL_CONV");
+    return !(e && strcmp(e, "0") == 0);
+}
+
+/* Constant weights at w, or the graph value's data when w is NULL, made current for a reorder
+ * in finish_pd; returns what to restore. */
+static void *swap_weights(nn_graph *g, int wv, void *w)
+{
+    void *orig = g->values[wv].data;
+    if (w)
+        g->values[wv].data = w;
+    return orig;
+}
+
+/* The product [M, K] x [K, N] (+ bias, post-ops) as a 1x1 convolution over M pixels of K
+ * channels, nwc: the same bytes as the row-major operands. oneDNN 2.6's jit_1x1 kernel keeps
+ * its blocked weights from load on, where its sgemm packs B on every call (docs/nn.md
+ * "Products as 1x1 convolutions"). Sets *taken only when oneDNN offers that kernel; else n is
+ * left untouched for the matmul. w: alpha-scaled weights or NULL; bias: a constant bias or
+ * NULL; bias_v: a fused bias value or -1. */
+static xr_code matmul_conv(nn_graph *g, nn_node *n, int64_t m, int64_t k, int64_t nn, bool tb,
+                           float *w, const float *bias, int bias_v, bool *taken, xr_error *err)
+{
+    xr_code rc = XR_OK;
+    dnnl_primitive_attr_t attr = NULL;
+    dnnl_primitive_desc_t pd = NULL;
+    dnnl_memory_desc_t smd, wmd, wuser, cmd, ymd;
+    dnnl_dims_t sd = {1, k, m}, wd = {nn, k, 1}, yd = {1, nn, m}, cd = {nn};
+    /* B is [K, N] row-major, or [N, K] for Gemm's transB: oiw with its strides */
+    dnnl_dims_t ws = {tb ? k : 1, tb ? 1 : nn, 1}, st = {1}, pad = {0};
+    CK(dnnl_memory_desc_init_by_tag(&smd, 3, sd, dnnl_f32, dnnl_nwc), "matmul conv desc");
+    CK(dnnl_memory_desc_init_by_tag(&ymd, 3, yd, dnnl_f32, dnnl_nwc), "matmul conv desc");
+    CK(dnnl_memory_desc_init_by_tag(&wmd, 3, wd, dnnl_f32, dnnl_format_tag_any),
+       "matmul conv desc");
+    CK(dnnl_memory_desc_init_by_strides(&wuser, 3, wd, dnnl_f32, ws), "matmul conv desc");
+    CK(dnnl_memory_desc_init_by_tag(&cmd, 1, cd, dnnl_f32, dnnl_a), "matmul conv desc");
+    dnnl_convolution_desc_t cdesc;
+    CK(dnnl_convolution_forward_desc_init(&cdesc, dnnl_forward_inference,
+                                          dnnl_convolution_direct, &smd, &wmd,
+                                          (bias || bias_v >= 0) ? &cmd : NULL, &ymd, st, pad, pad),
+       "matmul conv desc");
+    if ((rc = make_attr(n, &attr, err)))
+        return rc;
+    /* only the 1x1 kernel pays; any other implementation (no AVX2) keeps the matmul */
+    const char *impl = NULL;
+    if (dnnl_primitive_desc_create(&pd, &cdesc, attr, g->engine, NULL) != dnnl_success ||
+        dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl) != dnnl_success ||
+        !impl || strncmp(impl, "jit_1x1", 7) != 0)
+        goto out;
+    add_arg(n, DNNL_ARG_SRC, n->in[0], &smd, NULL);
+    add_arg(n, DNNL_ARG_DST, n->out[0], &ymd, NULL);
+    if (bias) {
+        dnnl_memory_t cm = NULL;
+        CK(dnnl_memory_create(&cm, &cmd, g->engine, DNNL_MEMORY_ALLOCATE), "bias memory");
+        void *h = NULL;
+        add_arg(n, DNNL_ARG_BIAS, -1, &cmd, cm);
+        CK(dnnl_memory_get_data_handle(cm, &h), "bias memory");
+        memcpy(h, bias, (size_t)nn * sizeof(float));
+    } else if (bias_v >= 0) {
+        add_arg(n, DNNL_ARG_BIAS, bias_v, &cmd, NULL);
+    }
+    void *orig = swap_weights(g, n->in[1], w);
+    rc = finish_pd(g, n, pd, n->in[1], &wuser, err);
+    g->values[n->in[1]].data = orig;
+    pd = NULL;
+    n->mm_conv = true;
+    *taken = true;
+out:
+    if (pd)
+        dnnl_primitive_desc_destroy(pd);
+    if (attr)
+        dnnl_primitive_attr_destroy(attr);
+    return rc;
+}
+
 xr_code nn_matmul_prepare(nn_graph *g, nn_node *n, xr_error *err)
 {
     xr_code rc = XR_OK;
@@ -849,16 +926,17 @@ xr_code nn_matmul_prepare(nn_graph *g, nn_node *n, xr_error *err)
         (rc = mm_md(n, &buser, r, br, bd, tb, false, err)) ||
         (rc = mm_md(n, &ymd, r, yr, yd, false, false, err)))
         return rc;
+    /* Layout and kernel are decided on the rows per sample, so the batch-1 and batch-B plans
+     * choose alike and share one copy of the weights. */
+    int64_t rows = ta ? ad[ar - 1] : 1;
+    for (int i = 0; i < ar - 1 && !ta; i++)
+        rows *= ad[i];
+    if (g->batch > 1 && rows % g->batch == 0)
+        rows /= g->batch;
     if (bconst) {
         /* oneDNN's AVX2 sgemm packs B on every call; from [K, N] rows it runs at 58% of its
          * [N, K] speed when N is 3072 (ViT's MLP: 4 KiB-aliased strides), while [N, K] is
-         * 2x slower for a few rows (a classifier head). Decide on the rows per sample, so
-         * the batch-1 and batch-B plans pick the same layout and share one copy. */
-        int64_t rows = ta ? ad[ar - 1] : 1;
-        for (int i = 0; i < ar - 1 && !ta; i++)
-            rows *= ad[i];
-        if (g->batch > 1 && rows % g->batch == 0)
-            rows /= g->batch;
+         * 2x slower for a few rows (a classifier head). */
         int64_t ld[NN_MAX_RANK];
         memcpy(ld, bd, sizeof(ld));
         bool store_nk = rows >= NN_MATMUL_NK_ROWS;
@@ -875,6 +953,7 @@ xr_code nn_matmul_prepare(nn_graph *g, nn_node *n, xr_error *err)
     float *wscaled = NULL, *bias = NULL;
     int bias_v = -1;
     n->post_add_c = false;
+    n->alpha_in_b = false;
     if (gemm) {
         float alpha = n->a.f0, beta = n->a.f1;
         if (alpha != 1.0f && bconst) {
@@ -883,6 +962,7 @@ xr_code nn_matmul_prepare(nn_graph *g, nn_node *n, xr_error *err)
                 return xr_error_set(err, XR_E_NOMEM, "out of memory");
             for (int64_t i = 0; i < b->n_elems; i++)
                 wscaled[i] = alpha * ((const float *)b->data)[i];
+            n->alpha_in_b = true;
         }
         if (HAS(2)) {
             const nn_value *c = IN(2);
@@ -912,6 +992,14 @@ xr_code nn_matmul_prepare(nn_graph *g, nn_node *n, xr_error *err)
         if ((rc = plain_md(n, &cmd, r, cd, err)))
             goto out;
     }
+    if (bconst && !ta && r == 2 && rows >= NN_MATMUL_CONV_ROWS && !n->post_add_c &&
+        mm_conv_enabled()) {
+        bool taken = false;
+        if ((rc = matmul_conv(g, n, ad[0], ad[1], yd[1], tb, wscaled, bias, bias_v, &taken,
+                              err)) ||
+            taken)
+            goto out;
+    }
     dnnl_matmul_desc_t md;
     CK(dnnl_matmul_desc_init(&md, &amd, &bmd, (bias || bias_v >= 0) ? &cmd : NULL, &ymd),
        "matmul desc");
@@ -927,16 +1015,10 @@ xr_code nn_matmul_prepare(nn_graph *g, nn_node *n, xr_error *err)
     } else if (bias_v >= 0) {
         add_arg(n, DNNL_ARG_BIAS, bias_v, &cmd, NULL);
     }
-    if (wscaled) {
-        nn_value *bv = &g->values[n->in[1]];
-        /* swap in the scaled copy for the reorder, then restore */
-        void *orig = bv->data;
-        bv->data = wscaled;
-        rc = finish(g, n, &md, n->in[1], &buser, err);
-        bv->data = orig;
-    } else {
-        rc = finish(g, n, &md, n->in[1], &buser, err);
-    }
+    /* the scaled copy is current for the reorder, then restored */
+    void *orig = swap_weights(g, n->in[1], wscaled);
+    rc = finish(g, n, &md, n->in[1], &buser, err);
+    g->values[n->in[1]].data = orig;
 out:
     free(wscaled);
     free(bias);
@@ -949,8 +1031,8 @@ static void gemm_post(const nn_graph *g, const nn_node *n, nn_exec *x)
     float *y = nn_ptr(g, x, n->out[0]);
     const nn_value *yv = OUTV(0);
     int64_t m = yv->dims[0], nn = yv->dims[1];
-    bool bconst = IN(1)->data != NULL;
-    if (n->a.f0 != 1.0f && !bconst)
+    /* B's data is released after load, so whether alpha is in B was recorded then */
+    if (n->a.f0 != 1.0f && !n->alpha_in_b)
         for (int64_t i = 0; i < m * nn; i++)
             y[i] *= n->a.f0;
     if (!n->post_add_c)

@@ -79,13 +79,16 @@ static double mono_ns(void)
     return (double)ts.tv_sec * 1e9 + (double)ts.tv_nsec;
 }
 
-/* oneDNN primitive, nn's Winograd (F(2x2) or F(4x4)), another of nn's own fast kernels (a step
+/* oneDNN primitive (a MatMul/Gemm as a 1x1 convolution apart), nn's Winograd (F(2x2) or
+ * F(4x4)), another of nn's own fast kernels (a step
  * whose op is not the table's: squeeze-excitation, Softmax rows), or the op's reference
  * kernel */
 static const char *step_engine(const nn_node *n)
 {
     if (n->wino)
         return nn_wino_m(n->wino) == 4 ? "Winograd4" : "Winograd";
+    if (n->mm_conv)
+        return "oneDNN-1x1";
     return n->prim ? "oneDNN" : n->op != nn_op_find(n->op_type) ? "nn" : "reference";
 }
 
@@ -141,7 +144,7 @@ static void profile_print(const nn_session *s)
                     count++;
                 }
             }
-            fprintf(stderr, "  %-22s %-9s %4d steps %9.3f ms %5.1f%%\n", n->op_type, engine,
+            fprintf(stderr, "  %-22s %-10s %4d steps %9.3f ms %5.1f%%\n", n->op_type, engine,
                     count, t / 1e6 / (double)runs,
                     total > 0 ? 100.0 * t / total : 0.0);
         }
@@ -153,7 +156,7 @@ static void profile_print(const nn_session *s)
             for (int d = 0, o = 0; d < y->rank && o < (int)sizeof(dims) - 24; d++)
                 o += snprintf(dims + o, sizeof(dims) - (size_t)o, "%s%lld", d ? "x" : "",
                               (long long)y->dims[d]);
-            fprintf(stderr, "  step %4zu %-22s %-9s %-24s %9.3f ms\n", st, n->op_type,
+            fprintf(stderr, "  step %4zu %-22s %-10s %-24s %9.3f ms\n", st, n->op_type,
                     step_engine(n), dims, ns[st] / 1e6 / (double)runs);
         }
         free(ns);

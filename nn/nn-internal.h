@@ -54,6 +54,10 @@
 /* Constant MatMul/Gemm weights are stored [N, K] when a sample has at least this many rows,
  * else [K, N] (measured with oneDNN 2.6's sgemm: docs/nn.md "Weight layouts"). */
 #define NN_MATMUL_NK_ROWS 32
+/* A constant-weight MatMul/Gemm with at least this many rows per sample runs as oneDNN's 1x1
+ * convolution over the rows (jit_1x1 on AVX2: 1.2-2.2x its sgemm from 8 to 197 rows at ViT-B's
+ * widths, 0.7x for one row; docs/nn.md "Products as 1x1 convolutions"). */
+#define NN_MATMUL_CONV_ROWS 8
 /* nn's own kernels (Transpose, Slice, same-shape arithmetic, squeeze-excitation sweeps) split
  * work over the session's threads from this many elements on. */
 #define NN_PARALLEL_MIN_ELEMS (INT64_C(1) << 16)
@@ -167,7 +171,9 @@ struct nn_node {
     nn_view out_view;             /* MatMul: result written in place into out[0] */
     float out_scale;              /* MatMul: scalar factor folded from an operand (0: none) */
     bool post_add_c;              /* Gemm: beta*C added after the primitive (runtime C) */
+    bool alpha_in_b;              /* Gemm: alpha folded into the constant B at load */
     bool silu_after;              /* Conv: the last post-op (SiLU) runs as nn's own pass */
+    bool mm_conv;                 /* MatMul/Gemm: runs as a 1x1 convolution over its rows */
     struct nn_wino *wino;         /* Conv: runs as nn's Winograd step (nn-wino.c) */
 };
 
