@@ -813,6 +813,25 @@ static void *swap_weights(nn_graph *g, int wv, void *w)
     return orig;
 }
 
+/* A product's bias: a copy of the constant bias (n_bytes), owned by n, or value bias_v. */
+static xr_code add_bias(nn_graph *g, nn_node *n, const float *bias, int bias_v,
+                        const dnnl_memory_desc_t *md, size_t n_bytes, xr_error *err)
+{
+    xr_code rc = XR_OK;
+    if (bias) {
+        dnnl_memory_t m = NULL;
+        CK(dnnl_memory_create(&m, md, g->engine, DNNL_MEMORY_ALLOCATE), "bias memory");
+        add_arg(n, DNNL_ARG_BIAS, -1, md, m); /* freed with n from here on */
+        void *h = NULL;
+        CK(dnnl_memory_get_data_handle(m, &h), "bias memory");
+        memcpy(h, bias, n_bytes);
+    } else if (bias_v >= 0) {
+        add_arg(n, DNNL_ARG_BIAS, bias_v, md, NULL);
+    }
+out:
+    return rc;
+}
+
 /* The product [M, K] x [K, N] (+ bias, post-ops) as a 1x1 convolution over M pixels of K
  * channels, nwc: the same bytes as the row-major operands. oneDNN 2.6's jit_1x1 kernel keeps
  * its blocked weights from load on, where its sgemm packs B on every call (docs/nn.md
@@ -850,16 +869,8 @@ static xr_code matmul_conv(nn_graph *g, nn_node *n, int64_t m, int64_t k, int64_
         goto out;
     add_arg(n, DNNL_ARG_SRC, n->in[0], &smd, NULL);
     add_arg(n, DNNL_ARG_DST, n->out[0], &ymd, NULL);
-    if (bias) {
-        dnnl_memory_t cm = NULL;
-        CK(dnnl_memory_create(&cm, &cmd, g->engine, DNNL_MEMORY_ALLOCATE), "bias memory");
-        void *h = NULL;
-        add_arg(n, DNNL_ARG_BIAS, -1, &cmd, cm);
-        CK(dnnl_memory_get_data_handle(cm, &h), "bias memory");
-        memcpy(h, bias, (size_t)nn * sizeof(float));
-    } else if (bias_v >= 0) {
-        add_arg(n, DNNL_ARG_BIAS, bias_v, &cmd, NULL);
-    }
+    if ((rc = add_bias(g, n, bias, bias_v, &cmd, (size_t)nn * sizeof(float), err)))
+        goto out;
     void *orig = swap_weights(g, n->in[1], w);
     rc = finish_pd(g, n, pd, n->in[1], &wuser, err);
     g->values[n->in[1]].data = orig;
@@ -1005,16 +1016,8 @@ xr_code nn_matmul_prepare(nn_graph *g, nn_node *n, xr_error *err)
        "matmul desc");
     add_arg(n, DNNL_ARG_SRC, n->in[0], &amd, NULL);
     add_arg(n, DNNL_ARG_DST, n->out[0], &ymd, NULL);
-    if (bias) {
-        dnnl_memory_t cm = NULL;
-        CK(dnnl_memory_create(&cm, &cmd, g->engine, DNNL_MEMORY_ALLOCATE), "bias memory");
-        void *h = NULL;
-        CK(dnnl_memory_get_data_handle(cm, &h), "bias memory");
-        memcpy(h, bias, IN(2)->n_bytes);
-        add_arg(n, DNNL_ARG_BIAS, -1, &cmd, cm);
-    } else if (bias_v >= 0) {
-        add_arg(n, DNNL_ARG_BIAS, bias_v, &cmd, NULL);
-    }
+    if ((rc = add_bias(g, n, bias, bias_v, &cmd, IN(2)->n_bytes, err)))
+        goto out;
     /* the scaled copy is current for the reorder, then restored */
     void *orig = swap_weights(g, n->in[1], wscaled);
     rc = finish(g, n, &md, n->in[1], &buser, err);
