@@ -1,6 +1,6 @@
 /*
  * nn/'s own AVX2 helpers shared by its kernels (nn-dnnl.c's SiLU pass, squeeze-excitation and
- * Softmax; nn-pw.c's 1x1 convolution). Not a public header.
+ * Softmax). Not a public header.
  */
 #ifndef XREG_NN_SIMD_H
 #define XREG_NN_SIMD_H

@@ -3,7 +3,10 @@
 //   node ort-node.js run MODEL IN.f32 OUT.f32 C,H,W [--threads T]
 //       raw little-endian float32 in and out; the batch is the input's length / (C*H*W)
 //   node ort-node.js bench MODEL C,H,W --batch N --threads T --runs K [--warmup W]
-//       prints load_ms=, median_ms=, min_ms=, peak_rss_kb= (one per line)
+//                    [--profile PREFIX]
+//       prints load_ms=, median_ms=, min_ms=, peak_rss_kb= (one per line); --profile writes
+//       onnxruntime's per-node profile of every run to PREFIX_<date>.json (ort-profile.py
+//       sums it up, to set beside XREG_NN_PROFILE)
 // NODE_PATH must reach the folder where setup-onnxruntime-node.sh installed the package.
 'use strict';
 const fs = require('fs');
@@ -20,11 +23,13 @@ function peakRssKb() {
   return m ? Number(m[1]) : -1;
 }
 
-async function session(model, threads) {
-  return ort.InferenceSession.create(model, {
+async function session(model, threads, profile) {
+  const o = {
     executionProviders: ['cpu'], graphOptimizationLevel: 'all', executionMode: 'sequential',
     intraOpNumThreads: threads, interOpNumThreads: 1,
-  });
+  };
+  if (profile) Object.assign(o, { enableProfiling: true, profileFilePrefix: profile });
+  return ort.InferenceSession.create(model, o);
 }
 
 async function main() {
@@ -54,7 +59,8 @@ async function main() {
     const runs = Number(opt(args, '--runs', '10'));
     const warmup = Number(opt(args, '--warmup', '2'));
     const t0 = process.hrtime.bigint();
-    const s = await session(model, threads);
+    const profile = opt(args, '--profile', '');
+    const s = await session(model, threads, profile);
     const loadMs = Number(process.hrtime.bigint() - t0) / 1e6;
     const n = batch * dims.reduce((a, b) => a * b, 1);
     const data = new Float32Array(n);
@@ -68,6 +74,7 @@ async function main() {
       await s.run(feeds);
       times.push(Number(process.hrtime.bigint() - a) / 1e6);
     }
+    if (profile) s.endProfiling();
     times.sort((a, b) => a - b);
     const med = times.length % 2 ? times[(times.length - 1) / 2]
       : (times[times.length / 2 - 1] + times[times.length / 2]) / 2;
