@@ -1003,8 +1003,10 @@ xr_code nn_matmul_prepare(nn_graph *g, nn_node *n, xr_error *err)
         if ((rc = plain_md(n, &cmd, r, cd, err)))
             goto out;
     }
+    /* a convolution's bias is one value per output channel: a Gemm C of [1] or [M, N] keeps
+     * the matmul, whose bias broadcasts */
     if (bconst && !ta && r == 2 && rows >= NN_MATMUL_CONV_ROWS && !n->post_add_c &&
-        mm_conv_enabled()) {
+        (!bias || IN(2)->n_elems == yd[1]) && mm_conv_enabled()) {
         bool taken = false;
         if ((rc = matmul_conv(g, n, ad[0], ad[1], yd[1], tb, wscaled, bias, bias_v, &taken,
                               err)) ||
@@ -1016,7 +1018,7 @@ xr_code nn_matmul_prepare(nn_graph *g, nn_node *n, xr_error *err)
        "matmul desc");
     add_arg(n, DNNL_ARG_SRC, n->in[0], &amd, NULL);
     add_arg(n, DNNL_ARG_DST, n->out[0], &ymd, NULL);
-    if ((rc = add_bias(g, n, bias, bias_v, &cmd, IN(2)->n_bytes, err)))
+    if ((rc = add_bias(g, n, bias, bias_v, &cmd, bias ? IN(2)->n_bytes : 0, err)))
         goto out;
     /* the scaled copy is current for the reorder, then restored */
     void *orig = swap_weights(g, n->in[1], wscaled);

@@ -2,7 +2,8 @@
 oneDNN's 1x1 convolution over the rows (nn/nn-dnnl.c matmul_conv; docs/nn.md "Products as 1x1
 convolutions"), with the bias, GELU and residual sum they fused. Results must match float64
 numpy, XREG_NN_PROFILE=steps must show the engine ("oneDNN-1x1", so the path cannot silently stop
-being used), fewer rows, a transposed A and XREG_NN_MATMUL_CONV=0 must keep oneDNN's matmul.
+being used), fewer rows, a transposed A, a broadcast Gemm C and XREG_NN_MATMUL_CONV=0 must keep
+oneDNN's matmul.
 Needs Debian's python3-onnx (run with /usr/bin/python3)."""
 
 from __future__ import annotations
@@ -68,12 +69,12 @@ def mlp_expected(x: np.ndarray, p: dict) -> np.ndarray:
     return g @ p["w2"].astype(np.float64) + p["b2"] + x64
 
 
-def build_gemm(path: pathlib.Path, m: int, k: int, n: int, trans_a: int,
+def build_gemm(path: pathlib.Path, m: int, k: int, n: int, trans_a: int, c_shape: tuple,
                rng: np.random.Generator) -> dict:
-    """Gemm(A, B [N, K] transposed, C [N], alpha 0.5, beta 2) -> Relu: torchvision's Linear,
-    with the scalings a hand-written file may carry."""
+    """Gemm(A, B [N, K] transposed, C, alpha 0.5, beta 2) -> Relu: torchvision's Linear (C of
+    [N]), with the scalings and broadcast C a hand-written file may carry."""
     p = {"b": (rng.standard_normal((n, k)) / np.sqrt(k)).astype(np.float32),
-         "c": rng.standard_normal(n).astype(np.float32)}
+         "c": rng.standard_normal(c_shape).astype(np.float32)}
     nodes = [helper.make_node("Gemm", ["x", "b", "c"], ["y"], alpha=0.5, beta=2.0, transA=trans_a,
                               transB=1),
              helper.make_node("Relu", ["y"], ["out"])]
@@ -147,13 +148,18 @@ def test_few_rows_stay_matmul(tmp_path):
     close(got, mlp_expected(x, p))
 
 
-@pytest.mark.parametrize("trans_a,engine", [pytest.param(0, ONE_BY_ONE, id="gemm"),
-                                            pytest.param(1, "oneDNN", id="gemm-transA")])
-def test_gemm(tmp_path, trans_a, engine):
+@pytest.mark.parametrize("trans_a,c_shape,engine", [
+    pytest.param(0, (72,), ONE_BY_ONE, id="gemm"),
+    pytest.param(1, (72,), "oneDNN", id="gemm-transA"),
+    # a bias per output channel only: broadcast C keeps the matmul
+    pytest.param(0, (1,), "oneDNN", id="gemm-C-scalar"),
+    pytest.param(0, (24, 72), "oneDNN", id="gemm-C-matrix"),
+])
+def test_gemm(tmp_path, trans_a, c_shape, engine):
     m, k, n = 24, 40, 72
-    rng = np.random.default_rng(11 + trans_a)
+    rng = np.random.default_rng(11 + trans_a + len(c_shape))
     model = tmp_path / "m.onnx"
-    p = build_gemm(model, m, k, n, trans_a, rng)
+    p = build_gemm(model, m, k, n, trans_a, c_shape, rng)
     x = rng.standard_normal((k, m) if trans_a else (m, k)).astype(np.float32)
     got, steps = run(model, x, tmp_path, (m, n), threads=2)
     assert steps == [("Gemm", engine)], steps
