@@ -171,20 +171,20 @@ static dnnl_memory_t donor_weights(const nn_graph *g, const nn_node *n, int wv,
 }
 
 /* Primitive + scratchpad from pd (owned, destroyed here); binds weights (value wv, reordered
- * once when constant). */
+ * once when constant, from wdata when given: a copy the caller derived from wv's data). */
 static xr_code finish_pd(nn_graph *g, nn_node *n, dnnl_primitive_desc_t pd, int wv,
-                         const dnnl_memory_desc_t *w_user_md, xr_error *err)
+                         const dnnl_memory_desc_t *w_user_md, void *wdata, xr_error *err)
 {
     xr_code rc = XR_OK;
-    dnnl_primitive_attr_t attr = NULL;
     if (wv >= 0) {
         const dnnl_memory_desc_t *wmd = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
-        dnnl_memory_t dm = g->values[wv].data ? donor_weights(g, n, wv, wmd) : NULL;
+        void *src = wdata ? wdata : g->values[wv].data;
+        dnnl_memory_t dm = src ? donor_weights(g, n, wv, wmd) : NULL;
         if (dm) {
             add_arg(n, DNNL_ARG_WEIGHTS, -3, wmd, dm);
-        } else if (g->values[wv].data) {
+        } else if (src) {
             dnnl_memory_t wm = NULL;
-            if ((rc = reorder_const(g, n, w_user_md, g->values[wv].data, wmd, &wm, err)))
+            if ((rc = reorder_const(g, n, w_user_md, src, wmd, &wm, err)))
                 goto out;
             add_arg(n, DNNL_ARG_WEIGHTS, -1, wmd, wm);
         } else {
@@ -199,13 +199,11 @@ static xr_code finish_pd(nn_graph *g, nn_node *n, dnnl_primitive_desc_t pd, int 
 out:
     if (pd)
         dnnl_primitive_desc_destroy(pd);
-    if (attr)
-        dnnl_primitive_attr_destroy(attr);
     return rc;
 }
 
 static xr_code finish(nn_graph *g, nn_node *n, const void *op_desc, int wv,
-                      const dnnl_memory_desc_t *w_user_md, xr_error *err)
+                      const dnnl_memory_desc_t *w_user_md, void *wdata, xr_error *err)
 {
     xr_code rc = XR_OK;
     dnnl_primitive_attr_t attr = NULL;
@@ -213,7 +211,7 @@ static xr_code finish(nn_graph *g, nn_node *n, const void *op_desc, int wv,
     if ((rc = make_attr(n, &attr, err)))
         return rc;
     CK(dnnl_primitive_desc_create(&pd, op_desc, attr, g->engine, NULL), "primitive descriptor");
-    rc = finish_pd(g, n, pd, wv, w_user_md, err);
+    rc = finish_pd(g, n, pd, wv, w_user_md, wdata, err);
     pd = NULL;
 out:
     if (pd)
@@ -696,7 +694,7 @@ xr_code nn_conv_prepare(nn_graph *g, nn_node *n, xr_error *err)
     add_arg(n, DNNL_ARG_DST, n->out[0], &dmd, NULL);
     if (HAS(2))
         add_arg(n, DNNL_ARG_BIAS, n->in[2], &bmd, NULL);
-    rc = finish_pd(g, n, pd, n->in[1], &wuser, err);
+    rc = finish_pd(g, n, pd, n->in[1], &wuser, NULL, err);
     pd = NULL;
 out:
     if (pd)
@@ -790,7 +788,7 @@ static xr_code matmul_views_prepare(nn_graph *g, nn_node *n, xr_error *err)
     add_arg(n, DNNL_ARG_DST, n->out[0], &ymd, NULL);
     arg_offset(n, DNNL_ARG_SRC, &va);
     arg_offset(n, DNNL_ARG_DST, &vy);
-    if ((rc = finish(g, n, &md, n->in[1], &bmd, err)))
+    if ((rc = finish(g, n, &md, n->in[1], &bmd, NULL, err)))
         return rc;
     arg_offset(n, DNNL_ARG_WEIGHTS, &vb);
 out:
@@ -801,16 +799,6 @@ static bool mm_conv_enabled(void)
 {
     const char *e = getenv("XREG_NN_MATMUL_CONV");
     return !(e && strcmp(e, "0") == 0);
-}
-
-/* Constant weights at w, or the graph value's data when w is NULL, made current for a reorder
- * in finish_pd; returns what to restore. */
-static void *swap_weights(nn_graph *g, int wv, void *w)
-{
-    void *orig = g->values[wv].data;
-    if (w)
-        g->values[wv].data = w;
-    return orig;
 }
 
 /* A product's bias: a copy of the constant bias (n_bytes), owned by n, or value bias_v. */
@@ -871,9 +859,7 @@ static xr_code matmul_conv(nn_graph *g, nn_node *n, int64_t m, int64_t k, int64_
     add_arg(n, DNNL_ARG_DST, n->out[0], &ymd, NULL);
     if ((rc = add_bias(g, n, bias, bias_v, &cmd, (size_t)nn * sizeof(float), err)))
         goto out;
-    void *orig = swap_weights(g, n->in[1], w);
-    rc = finish_pd(g, n, pd, n->in[1], &wuser, err);
-    g->values[n->in[1]].data = orig;
+    rc = finish_pd(g, n, pd, n->in[1], &wuser, w, err);
     pd = NULL;
     n->mm_conv = true;
     *taken = true;
@@ -1020,10 +1006,7 @@ xr_code nn_matmul_prepare(nn_graph *g, nn_node *n, xr_error *err)
     add_arg(n, DNNL_ARG_DST, n->out[0], &ymd, NULL);
     if ((rc = add_bias(g, n, bias, bias_v, &cmd, bias ? IN(2)->n_bytes : 0, err)))
         goto out;
-    /* the scaled copy is current for the reorder, then restored */
-    void *orig = swap_weights(g, n->in[1], wscaled);
-    rc = finish(g, n, &md, n->in[1], &buser, err);
-    g->values[n->in[1]].data = orig;
+    rc = finish(g, n, &md, n->in[1], &buser, wscaled, err);
 out:
     free(wscaled);
     free(bias);
@@ -1236,7 +1219,7 @@ xr_code nn_pool_prepare(nn_graph *g, nn_node *n, xr_error *err)
     set_layout(n, y, &dmd);
     add_arg(n, DNNL_ARG_SRC, n->in[0], &x->md, NULL);
     add_arg(n, DNNL_ARG_DST, n->out[0], &dmd, NULL);
-    rc = finish_pd(g, n, pd, -1, NULL, err);
+    rc = finish_pd(g, n, pd, -1, NULL, NULL, err);
 out:
     return rc;
 }
@@ -1290,7 +1273,7 @@ xr_code nn_binary_prepare(nn_graph *g, nn_node *n, xr_error *err)
     add_arg(n, DNNL_ARG_SRC_0, a, &va->md, NULL);
     add_arg(n, DNNL_ARG_SRC_1, b, &bmd, NULL);
     add_arg(n, DNNL_ARG_DST, n->out[0], &dmd, NULL);
-    return finish_pd(g, n, pd, -1, NULL, err);
+    return finish_pd(g, n, pd, -1, NULL, NULL, err);
 }
 
 /* LayerNormalization over the last axis, constant scale/bias: oneDNN layer_normalization. */
@@ -1318,7 +1301,7 @@ xr_code nn_layernorm_prepare(nn_graph *g, nn_node *n, xr_error *err)
         add_arg(n, DNNL_ARG_SCALE, n->in[1], &cmd, NULL);
     if (HAS(2))
         add_arg(n, DNNL_ARG_SHIFT, n->in[2], &cmd, NULL);
-    rc = finish(g, n, &ld, -1, NULL, err);
+    rc = finish(g, n, &ld, -1, NULL, NULL, err);
 out:
     return rc;
 }
@@ -1415,7 +1398,7 @@ xr_code nn_softmax_prepare(nn_graph *g, nn_node *n, xr_error *err)
        "softmax desc");
     add_arg(n, DNNL_ARG_SRC, n->in[0], &md, NULL);
     add_arg(n, DNNL_ARG_DST, n->out[0], &md, NULL);
-    rc = finish(g, n, &sd, -1, NULL, err);
+    rc = finish(g, n, &sd, -1, NULL, NULL, err);
 out:
     return rc;
 }

@@ -30,25 +30,7 @@ static dnnl_memory_t filled(const dnnl_memory_desc_t *md, int rank, const dnnl_d
     static const dnnl_format_tag_t tags[] = {0, dnnl_a, dnnl_ab, dnnl_abc, dnnl_abcd, dnnl_abcde};
     dnnl_memory_desc_t pmd;
     CHECK(dnnl_memory_desc_init_by_tag(&pmd, rank, dims, dnnl_f32, tags[rank]));
-    dnnl_memory_t pm, m;
-    CHECK(dnnl_memory_create(&pm, &pmd, eng, DNNL_MEMORY_ALLOCATE));
-    CHECK(dnnl_memory_create(&m, md, eng, DNNL_MEMORY_ALLOCATE));
-    float *p;
-    CHECK(dnnl_memory_get_data_handle(pm, (void **)&p));
-    size_t n = dnnl_memory_desc_get_size(&pmd) / sizeof(float);
-    for (size_t i = 0; i < n; i++)
-        p[i] = frand(&seed) * scale;
-    dnnl_primitive_desc_t rpd;
-    dnnl_primitive_t r;
-    CHECK(dnnl_reorder_primitive_desc_create(&rpd, &pmd, eng, md, eng, NULL));
-    CHECK(dnnl_primitive_create(&r, rpd));
-    dnnl_exec_arg_t a[2] = {{DNNL_ARG_FROM, pm}, {DNNL_ARG_TO, m}};
-    CHECK(dnnl_primitive_execute(r, strm, 2, a));
-    CHECK(dnnl_stream_wait(strm));
-    dnnl_primitive_destroy(r);
-    dnnl_primitive_desc_destroy(rpd);
-    dnnl_memory_destroy(pm);
-    return m;
+    return bench_filled(eng, strm, md, &pmd, seed, scale);
 }
 
 /* Plain nchw copy of m (caller frees). */

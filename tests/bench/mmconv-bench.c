@@ -21,31 +21,10 @@
 static dnnl_engine_t eng;
 static dnnl_stream_t strm;
 
-/* A memory of layout md; plain ones get uniform data from seed, others are reordered into. */
 static dnnl_memory_t filled(const dnnl_memory_desc_t *md, const dnnl_memory_desc_t *plain,
                             unsigned seed)
 {
-    dnnl_memory_t pm, m;
-    CHECK(dnnl_memory_create(&pm, plain, eng, DNNL_MEMORY_ALLOCATE));
-    float *p;
-    CHECK(dnnl_memory_get_data_handle(pm, (void **)&p));
-    size_t n = dnnl_memory_desc_get_size(plain) / sizeof(float);
-    for (size_t i = 0; i < n; i++)
-        p[i] = frand(&seed);
-    if (dnnl_memory_desc_equal(md, plain))
-        return pm;
-    CHECK(dnnl_memory_create(&m, md, eng, DNNL_MEMORY_ALLOCATE));
-    dnnl_primitive_desc_t rpd;
-    dnnl_primitive_t r;
-    CHECK(dnnl_reorder_primitive_desc_create(&rpd, plain, eng, md, eng, NULL));
-    CHECK(dnnl_primitive_create(&r, rpd));
-    dnnl_exec_arg_t a[2] = {{DNNL_ARG_FROM, pm}, {DNNL_ARG_TO, m}};
-    CHECK(dnnl_primitive_execute(r, strm, 2, a));
-    CHECK(dnnl_stream_wait(strm));
-    dnnl_primitive_destroy(r);
-    dnnl_primitive_desc_destroy(rpd);
-    dnnl_memory_destroy(pm);
-    return m;
+    return bench_filled(eng, strm, md, plain, seed, 1.0f);
 }
 
 static int cmp(const void *a, const void *b)
